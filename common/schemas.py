@@ -1,0 +1,167 @@
+"""Wire schemas: the HTTP request body, the job placed on a stream, its result, a worker's heartbeat."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 4000
+MAX_ADAPTERS = 4
+ImageFormat = Literal["png", "jpeg", "webp"]
+
+
+class AdapterSpec(BaseModel):
+    """One adapter of a composed request: ``{"id": repo_id, "scale": weight}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0)
+
+
+class Parameters(BaseModel):
+    """``parameters`` of the Hugging Face Inference API text-to-image body.
+
+    ``None`` means the worker's default for its base.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_inference_steps: int | None = Field(default=None, ge=1, le=150)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    lora_scale: float | None = Field(default=None, ge=-4.0, le=4.0)
+    adapters: list[AdapterSpec] | None = Field(default=None, max_length=MAX_ADAPTERS)
+
+
+class InferenceRequest(BaseModel):
+    """``{"inputs": prompt, "parameters": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    parameters: Parameters = Field(default_factory=Parameters)
+
+    @field_validator("inputs")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("inputs must not be blank")
+        return value
+
+
+class AdapterRef(BaseModel):
+    """An adapter resolved on the Hub: its repo, the commit sha that names its version, its weight."""
+
+    repo_id: str
+    revision: str
+    scale: float = 1.0
+    weight_name: str | None = None
+    size: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of this adapter version: ``repo@sha``."""
+        return f"{self.repo_id}@{self.revision}"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Job(BaseModel):
+    """A generation job as placed on a pool's stream."""
+
+    id: str = Field(default_factory=new_job_id)
+    pool: str
+    adapters: list[AdapterRef] = Field(default_factory=list)
+    prompt: str
+    negative_prompt: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int
+    format: ImageFormat = "jpeg"
+    enqueued_at: float = Field(default_factory=time.time)
+    #: Epoch seconds past which nobody waits for the result: the worker drops the job unrun.
+    deadline: float | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        """Stream entry fields."""
+        return {"job": self.model_dump_json()}
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> Job:
+        raw = fields.get(b"job", fields.get("job"))
+        if raw is None:
+            raise ValueError("stream entry has no 'job' field")
+        return cls.model_validate_json(raw)
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class JobResult(BaseModel):
+    """What a worker publishes for a job; the image bytes are stored beside it."""
+
+    job_id: str
+    status: Literal["done", "failed", "cancelled"]
+    content_type: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    worker_id: str | None = None
+    #: Adapter keys fused when the job started, before any swap: True when no swap was needed.
+    warm: bool = False
+    swap_s: float = 0.0
+    inference_s: float = 0.0
+    compute_s: float = 0.0
+    finished_at: float = Field(default_factory=time.time)
+
+
+class JobStatus(BaseModel):
+    """Latest known state of a job, for the async job API and its events."""
+
+    job_id: str
+    state: JobState
+    step: int | None = None
+    steps: int | None = None
+    position: int | None = None
+    worker_id: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class WorkerState(BaseModel):
+    """A worker's heartbeat: who it is, what it holds, how fast it is."""
+
+    worker_id: str
+    pool: str
+    status: Literal["starting", "ready", "busy", "draining"] = "ready"
+    device: str = "cpu"
+    #: Adapter keys (``repo@sha``) fused into the base right now; empty means the plain base.
+    fused: list[str] = Field(default_factory=list)
+    #: Adapter keys parsed and held in host memory (ready to apply without download).
+    cached: list[str] = Field(default_factory=list)
+    current_job: str | None = None
+    queue_len: int = 0
+    jobs_done: int = 0
+    swap_s: float | None = None
+    inference_s: float | None = None
+    started_at: float = Field(default_factory=time.time)
+    last_seen: float = Field(default_factory=time.time)
+
+    def dumps(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> WorkerState:
+        return cls.model_validate(json.loads(raw))
