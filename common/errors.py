@@ -190,9 +190,8 @@ def _all_subclasses(cls: type[LorafarmError]) -> list[type[LorafarmError]]:
     return out
 
 
-ERROR_TYPES: dict[str, type[LorafarmError]] = {
-    cls.error_type: cls for cls in [LorafarmError, *_all_subclasses(LorafarmError)]
-}
+_CLASSES: list[type[LorafarmError]] = [LorafarmError, *_all_subclasses(LorafarmError)]
+ERROR_TYPES: dict[str, type[LorafarmError]] = {cls.error_type: cls for cls in _CLASSES}
 # The abstract groups reuse their parent's type; the concrete class must win.
 ERROR_TYPES["internal_error"] = InternalError
 ERROR_TYPES["unavailable"] = Unavailable

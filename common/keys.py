@@ -72,3 +72,8 @@ def job_cancel(job_id: str) -> str:
 def idempotency(key: str) -> str:
     """Maps a client's ``Idempotency-Key`` to the job id it created."""
     return f"{PREFIX}:idem:{key}"
+
+
+def job_entry(job_id: str) -> str:
+    """Hash ``{pool, entry_id}``: where the router put the job, so a cancel can remove it unclaimed."""
+    return f"{PREFIX}:entry:{job_id}"

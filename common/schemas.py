@@ -64,6 +64,8 @@ class AdapterRef(BaseModel):
     revision: str
     scale: float = 1.0
     weight_name: str | None = None
+    #: Pivotal-tuning embeddings shipped beside the LoRA (``embeddings.safetensors``), if any.
+    embeddings_name: str | None = None
     size: int | None = None
 
     @property

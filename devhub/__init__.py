@@ -1,0 +1,1 @@
+"""A Hub-compatible HTTP server over a folder, and the tiny model zoo it serves."""

@@ -1,0 +1,1 @@
+"""lorafarm's command line and the local farm launcher (``make run``, e2e tests, benchmarks)."""

@@ -1,0 +1,117 @@
+"""``lorafarm``: the command line. ``lorafarm run`` serves the tiny demo zoo (what ``make run`` calls)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
+
+ZOO_STAMP = ".zoo-built"
+
+
+def ensure_zoo(zoo_dir: Path) -> None:
+    """Build the tiny zoo once (it is deterministic, so a built one is reused)."""
+    if (zoo_dir / ZOO_STAMP).exists():
+        return
+    from devhub.zoo import build_zoo
+
+    print(f"building the tiny model zoo in {zoo_dir} ...", flush=True)
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    build_zoo(zoo_dir)
+    (zoo_dir / ZOO_STAMP).write_text("ok\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    zoo_dir = Path(args.zoo).resolve()
+    ensure_zoo(zoo_dir)
+    farm = Farm(
+        FarmConfig(
+            state_dir=Path(args.state).resolve(),
+            zoo_dir=zoo_dir,
+            pools=args.pools.split(","),
+            workers_per_pool=args.workers,
+            router_port=args.port,
+            devhub_port=args.hub_port,
+            redis_port=args.redis_port,
+            env={"LORAFARM_DEFAULT_STEPS": str(args.steps)},
+        )
+    )
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        print("starting redis-server, devhub, router and workers ...", flush=True)
+        farm.start()
+        url = farm.router_url
+        demo = check_demo(url)
+        print(
+            f"""
+lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
+pools: {", ".join(farm.config.pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
+{demo}
+Try:
+  curl {url}/models/tiny/sdxl-lora-diffusers -d '{{"inputs": "an elephant", "parameters": {{"seed": 1}}}}' -o lora.jpg
+  curl {url}/ -H 'lora: tiny/sdxl-lora-kohya' -d '{{"inputs": "an elephant"}}' -o kohya.jpg
+  curl {url}/status
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        while True:
+            farm.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        farm.stop()
+
+
+def check_demo(url: str) -> str:
+    """Serve the printed curl line once, so 'ready' means it works."""
+    import httpx
+
+    start = time.perf_counter()
+    resp = httpx.post(
+        f"{url}/models/tiny/sdxl-lora-diffusers",
+        json={"inputs": "an elephant", "parameters": {"seed": 1}},
+        timeout=120,
+    )
+    elapsed = time.perf_counter() - start
+    if resp.status_code != 200:
+        raise RuntimeError(f"the demo request failed: {resp.status_code} {resp.text}")
+    return (
+        f"checked: tiny/sdxl-lora-diffusers -> {resp.headers.get('content-type')} "
+        f"{len(resp.content)} bytes in {elapsed:.2f} s (x-compute-time {resp.headers.get('x-compute-time')})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lorafarm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="serve the tiny demo zoo on loopback")
+    p_run.add_argument("--port", type=int, default=8888, help="router port")
+    p_run.add_argument("--hub-port", type=int, default=8900, help="devhub port")
+    p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port")
+    p_run.add_argument("--pools", default="tiny/sdxl-base,tiny/sd15-base", help="base repo ids, comma-separated")
+    p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
+    p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
+    p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")
+    p_run.add_argument("--state", default=str(REPO_ROOT / ".farm"), help="logs, Redis data, Hub cache")
+    p_run.set_defaults(func=run)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

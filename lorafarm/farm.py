@@ -1,0 +1,202 @@
+"""Start a whole farm on loopback: redis-server, devhub, router, workers. Stop exactly what was started.
+
+Used by ``make run``, the end-to-end tests and the load benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class FarmConfig:
+    state_dir: Path
+    zoo_dir: Path
+    pools: list[str] = field(default_factory=lambda: ["tiny/sdxl-base", "tiny/sd15-base"])
+    workers_per_pool: int = 1
+    router_port: int = 0  # 0: pick a free port
+    devhub_port: int = 0
+    redis_port: int = 0
+    #: Extra environment for every service (LORAFARM_* settings...).
+    env: dict[str, str] = field(default_factory=dict)
+    worker_env: dict[str, str] = field(default_factory=dict)
+    router_env: dict[str, str] = field(default_factory=dict)
+
+
+class Farm:
+    """A set of processes on loopback; every one is stopped by ``stop()``, by pid."""
+
+    def __init__(self, config: FarmConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = config.state_dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.redis_port = config.redis_port or free_port()
+        self.devhub_port = config.devhub_port or free_port()
+        self.router_port = config.router_port or free_port()
+        self._worker_count = 0
+
+    # --- addresses ----------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def hub_url(self) -> str:
+        return f"http://127.0.0.1:{self.devhub_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "HF_ENDPOINT": self.hub_url,
+                "HF_HUB_DISABLE_XET": "1",
+                "HF_HUB_DISABLE_TELEMETRY": "1",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "LORAFARM_HF_ENDPOINT": self.hub_url,
+                "LORAFARM_REDIS_URL": self.redis_url,
+                "LORAFARM_HF_CACHE_DIR": str(self.config.state_dir / "hf-cache"),
+                "LORAFARM_POOLS": ",".join(self.config.pools),
+                # The devhub shows private repos to any bearer token, so the router can tell
+                # "private" (403) from "missing" (404) as it would with an operator's token.
+                "LORAFARM_HF_TOKEN": "hf_devhub_demo",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.config.env)
+        return env
+
+    # --- processes ----------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_redis(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (make run / make test install it)")
+        data = self.config.state_dir / "redis"
+        data.mkdir(exist_ok=True)
+        argv = [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "yes", "--dir", str(data)]
+        _wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
+
+    def start_devhub(self) -> None:
+        argv = [sys.executable, "-m", "devhub", "serve", "--root", str(self.config.zoo_dir),
+                "--port", str(self.devhub_port)]
+        _wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
+
+    def start_router(self) -> None:
+        env = self.base_env() | {"LORAFARM_PORT": str(self.router_port), "LORAFARM_HOST": "127.0.0.1"}
+        env.update(self.config.router_env)
+        _wait_port(self.router_port, self._spawn("router", [sys.executable, "-m", "router"], env), timeout=60)
+
+    def start_worker(self, pool: str, env: dict[str, str] | None = None) -> str:
+        """Start one worker of ``pool``; returns its name (also its worker id)."""
+        self._worker_count += 1
+        name = f"worker-{self._worker_count}"
+        worker_env = self.base_env() | {"LORAFARM_WORKER_ID": name, "LORAFARM_WORKER_PORT": "0"}
+        worker_env.update(self.config.worker_env)
+        worker_env.update(env or {})
+        self._spawn(name, [sys.executable, "-m", "worker", "--base", pool], worker_env)
+        return name
+
+    def start(self, *, timeout: float = 180.0) -> None:
+        """Start everything and wait until every pool has its live workers."""
+        self.start_redis()
+        self.start_devhub()
+        self.start_router()
+        for pool in self.config.pools:
+            for _ in range(self.config.workers_per_pool):
+                self.start_worker(pool)
+        self.wait_workers({pool: self.config.workers_per_pool for pool in self.config.pools}, timeout=timeout)
+
+    def wait_workers(self, wanted: dict[str, int], *, timeout: float = 180.0) -> None:
+        """Wait until the router's /status shows at least ``wanted[pool]`` ready workers per pool."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                status = httpx.get(f"{self.router_url}/status", timeout=5).json()
+                live = {p["pool"]: sum(1 for w in p["workers"] if w["status"] in ("ready", "busy"))
+                        for p in status["pools"]}
+                if all(live.get(pool, 0) >= n for pool, n in wanted.items()):
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"workers not ready after {timeout}s; logs in {self.logs}")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None and not getattr(proc, "_farm_stopped", False):
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def signal(self, name: str, sig: int) -> None:
+        proc = self.procs[name]
+        proc._farm_stopped = True  # type: ignore[attr-defined]
+        proc.send_signal(sig)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process and reap it."""
+        self.signal(name, signal.SIGKILL)
+        self.procs[name].wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM everything started (workers and router first, Redis last), then SIGKILL stragglers."""
+        order = sorted(self.procs, key=lambda n: (n == "redis", n == "devhub"))
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc._farm_stopped = True  # type: ignore[attr-defined]
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for name in order:
+            proc = self.procs[name]
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")

@@ -1,0 +1,151 @@
+"""``create_app(settings)``: the FastAPI app, its lifespan (Redis clients, queue, Hub resolver), its logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from common.hub import HubResolver, hub_fetcher
+from common.queue import JobQueue, async_client
+from common.schemas import InferenceRequest
+from router import errors as http_errors
+from router.routes import Services, router
+from router.settings import RouterSettings
+
+log = logging.getLogger("router")
+
+_QUIET_PATHS = ("/health", "/ready")
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c.isspace() or c in '"=\\' or not c.isprintable() for c in text):
+        return json.dumps(text)
+    return text
+
+
+class RequestLog:
+    """One structured log line per request: method, path, status, duration, job id, repo, error type."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            state = scope.get("state") or {}
+            fields = {
+                "event": "request",
+                "method": scope.get("method", ""),
+                "path": scope.get("path", ""),
+                "status": status,
+                "duration_ms": f"{(time.perf_counter() - start) * 1000:.1f}",
+                "job": state.get("job_id"),
+                "repo": state.get("repo"),
+                "error_type": state.get("error_type"),
+            }
+            line = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
+            level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
+            log.log(level, line)
+
+
+def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
+    """The queue and the resolver of one app, and the Redis clients to close at shutdown."""
+    client = async_client(settings.redis_url, max_connections=settings.redis_max_connections)
+    # One connection per waiting request; admitted requests are bounded by the queues' bound.
+    waiter = async_client(
+        settings.redis_url, max_connections=settings.queue_max * len(settings.pools) + 16, socket_timeout=10.0
+    )
+    queue = JobQueue(client, worker_ttl_s=settings.worker_ttl_s, queue_max=settings.queue_max, waiter=waiter)
+    token = settings.hf_token
+    resolver = HubResolver(
+        hub_fetcher(settings.hf_endpoint, token, settings.hub_timeout_s),
+        served=settings.pools,
+        allow_gated=settings.allow_gated,
+        allow_private=settings.allow_private,
+        max_adapter_bytes=settings.max_adapter_bytes,
+        ttl_s=settings.metadata_ttl_s,
+        timeout_s=settings.hub_timeout_s,
+    )
+    return Services(settings=settings, queue=queue, resolver=resolver), [client, waiter]
+
+
+def _install_openapi(app: FastAPI) -> None:
+    # The generate routes read their body raw (JSON whatever the Content-Type), so FastAPI
+    # does not see its model: add InferenceRequest and its parts to the components here.
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            body = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["InferenceRequest"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: RouterSettings) -> FastAPI:
+    """The router app; Redis and the Hub are reached lazily, so it starts even while they are down."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services, clients = build_services(settings)
+        app.state.services = services
+        log.info(
+            "event=router_started pools=%s default_base=%s hub=%s",
+            ",".join(settings.pools),
+            settings.base,
+            settings.hf_endpoint,
+        )
+        try:
+            yield
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    app = FastAPI(
+        title="lorafarm router",
+        version="0.1.0",
+        description="Text-to-image with thousands of LoRAs on a few warm base models "
+        "(Hugging Face Inference API shape).",
+        lifespan=lifespan,
+    )
+    http_errors.install(app)
+    app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed"],
+        )
+    app.add_middleware(RequestLog)
+    _install_openapi(app)
+    return app

@@ -1,0 +1,142 @@
+"""The one table from error class to HTTP status, and the handlers that answer ``{"error", "error_type"}``.
+
+No answer carries a traceback, an internal URL or the input echoed back at length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common import errors
+
+log = logging.getLogger("router")
+
+STATUS: dict[type[errors.LorafarmError], int] = {
+    errors.InvalidRequest: 422,
+    errors.Unauthorized: 401,
+    errors.RepoNotFound: 404,
+    errors.GatedRepo: 403,
+    errors.PrivateRepo: 403,
+    errors.DisabledRepo: 403,
+    errors.UnsupportedModel: 400,
+    errors.BaseNotServed: 400,
+    errors.UnsafeAdapterFormat: 400,
+    errors.AdapterTooLarge: 413,
+    errors.AdapterCorrupt: 400,
+    errors.AdapterIncompatible: 400,
+    errors.NoWorker: 503,
+    errors.RedisUnavailable: 503,
+    errors.HubUnavailable: 503,
+    errors.QueueFull: 429,
+    errors.Unavailable: 503,
+    errors.Timeout: 504,
+    errors.JobNotFound: 404,
+    errors.JobNotReady: 409,
+    errors.JobCancelled: 410,
+    errors.JobFailed: 500,
+    errors.InternalError: 500,
+    errors.LorafarmError: 500,
+}
+
+#: Seconds suggested when an Unavailable error carries no estimate of its own.
+DEFAULT_RETRY_AFTER_S = 5
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a human message and a stable machine type."""
+
+    error: str
+    error_type: str
+
+
+def status_of(exc: errors.LorafarmError) -> int:
+    """HTTP status of an error: the entry of its class or of its nearest listed ancestor."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(exc: errors.LorafarmError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON answer of a lorafarm error, with ``Retry-After`` for 429 and 503."""
+    status = status_of(exc)
+    out = dict(headers or {})
+    if status in (429, 503):
+        retry = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER_S
+        out["Retry-After"] = str(max(1, math.ceil(retry)))
+    body = ErrorBody(error=exc.message, error_type=exc.error_type)
+    return JSONResponse(body.model_dump(), status_code=status, headers=out)
+
+
+def describe_validation(exc: ValidationError | RequestValidationError, limit: int = 5) -> str:
+    """``loc: message`` of the first few problems, never the input values."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
+def responses(*types: type[errors.LorafarmError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the errors a route can answer."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for cls in types:
+        status = STATUS[cls]
+        entry = out.setdefault(status, {"model": ErrorBody, "description": ""})
+        names = [n for n in entry["description"].split(", ") if n]
+        entry["description"] = ", ".join([*names, cls.error_type])
+        if status in (429, 503):
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer"},
+                }
+            }
+    return out
+
+
+def _http_error_type(status: int) -> str:
+    return {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: lorafarm errors, validation, HTTP errors, and anything unexpected."""
+
+    @app.exception_handler(errors.LorafarmError)
+    async def _lorafarm(request: Request, exc: errors.LorafarmError) -> JSONResponse:
+        return _answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _answer(request, errors.InvalidRequest(describe_validation(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        body = ErrorBody(error=detail, error_type=_http_error_type(exc.status_code))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("event=internal_error path=%s", request.url.path)
+        return _answer(request, errors.InternalError("internal error"))
+
+
+def _answer(request: Request, exc: errors.LorafarmError) -> JSONResponse:
+    request.state.error_type = exc.error_type
+    headers = {}
+    job_id = getattr(request.state, "job_id", None)
+    if job_id:
+        headers["x-request-id"] = job_id
+    if isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(exc, headers)

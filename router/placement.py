@@ -1,0 +1,218 @@
+"""Placement: which worker of a pool gets a job, and in what order a worker serves its queue.
+
+Pure decisions over plain data: no Redis, no clock, no I/O. The router turns heartbeats into
+:class:`WorkerView` values, calls :func:`choose_worker` and carries the answer out; a worker
+calls :func:`order_queue` before it takes its next job. ``bench/simulate.py`` drives the same
+functions in simulated time.
+
+An adapter is named by its key (``repo@sha``, or :func:`adapter_key` of several); ``None`` is
+the plain base, treated as the empty adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# Holder tiers, best first: how close a worker is to serving an adapter without a swap.
+TAIL = 0  # the adapter is what the worker will have fused once its queue is served
+ON_DEVICE = 1  # fused now, or a job for it is queued there (the worker groups such jobs)
+IN_HOST = 2  # parsed in host memory: a swap costs only the apply
+ABSENT = 3  # must be downloaded and parsed first
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What the router knows of one worker, from its latest heartbeat (times in seconds)."""
+
+    worker_id: str
+    last_seen: float
+    #: False once the worker said it is starting, draining or gone.
+    alive: bool = True
+    #: Adapter key fused into the base now; ``None`` is the plain base.
+    fused: str | None = None
+    #: Adapter keys parsed and held in host memory.
+    cached: frozenset[str] = frozenset()
+    #: Adapter keys of the jobs waiting on this worker, oldest first (the job in flight excluded).
+    queued: tuple[str | None, ...] = ()
+    #: A job is in flight.
+    busy: bool = False
+    #: Expected seconds left of the job in flight.
+    remaining_s: float = 0.0
+    #: Measured seconds to apply an adapter already in host memory.
+    swap_s: float | None = None
+    #: Measured seconds to download and parse an adapter not in host memory.
+    fetch_s: float | None = None
+    #: Measured seconds of one generation.
+    inference_s: float | None = None
+    #: When the adapter fused now was applied.
+    last_swap_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Knobs of :func:`choose_worker`; the defaults suit a worker with a fast swap."""
+
+    #: False: no affinity, every job goes to the shared pool stream (the reference behaviour).
+    affinity: bool = True
+    #: Jobs on one worker (in flight plus waiting) at which it counts as overloaded.
+    max_queue: int = 2
+    #: Expected wait before a new job would start, past which a worker counts as overloaded.
+    max_wait_s: float = 2.0
+    #: Most workers one adapter may occupy (fused or queued) before jobs queue on its holders.
+    max_holders: int = 2
+    #: Heartbeat age past which a worker is presumed dead.
+    stale_after_s: float = 10.0
+    #: A worker that swapped less than this ago is steered away from swapping again...
+    min_residency_s: float = 30.0
+    #: ...by this many seconds added to its expected finish (thrash damping).
+    damping_s: float = 1.0
+    #: Used where a heartbeat carries no measurement yet.
+    default_swap_s: float = 0.5
+    default_fetch_s: float = 1.0
+    default_inference_s: float = 10.0
+
+
+class QueuedJob(NamedTuple):
+    """A job waiting on a worker: its id, adapter key (``None``: the base), enqueue time."""
+
+    job_id: str
+    adapter: str | None
+    enqueued_at: float
+
+
+def adapter_key(keys: Sequence[str]) -> str | None:
+    """One key for a job's adapters, in request order; ``None`` for the plain base."""
+    return "+".join(keys) if keys else None
+
+
+def is_live(worker: WorkerView, policy: Policy, now: float) -> bool:
+    """The worker announced itself ready and its heartbeat is fresh."""
+    return worker.alive and now - worker.last_seen <= policy.stale_after_s
+
+
+def holder_tier(worker: WorkerView, adapter: str | None) -> int:
+    """How close ``worker`` is to serving ``adapter``: ``TAIL`` (best) to ``ABSENT``."""
+    tail = worker.queued[-1] if worker.queued else worker.fused
+    if tail == adapter:
+        return TAIL
+    if worker.fused == adapter or adapter in worker.queued:
+        return ON_DEVICE
+    if adapter is None or adapter in worker.cached:
+        return IN_HOST
+    return ABSENT
+
+
+def expected_wait_s(worker: WorkerView, policy: Policy) -> float:
+    """Seconds before a job appended to ``worker``'s queue would start."""
+    inference = _or(worker.inference_s, policy.default_inference_s)
+    swap = _or(worker.swap_s, policy.default_swap_s)
+    wait = worker.remaining_s if worker.busy else 0.0
+    previous = worker.fused
+    for adapter in worker.queued:
+        wait += inference + (swap if adapter != previous else 0.0)
+        previous = adapter
+    return wait
+
+
+def is_overloaded(worker: WorkerView, policy: Policy) -> bool:
+    """Too many jobs on the worker, or a new one would wait too long."""
+    depth = int(worker.busy) + len(worker.queued)
+    return depth >= policy.max_queue or expected_wait_s(worker, policy) > policy.max_wait_s
+
+
+def expected_finish_s(worker: WorkerView, adapter: str | None, policy: Policy, now: float) -> float:
+    """Seconds until a job for ``adapter`` appended to ``worker`` would finish, plus damping.
+
+    A download overlaps the jobs ahead (prefetch), so only the part longer than the wait counts.
+    """
+    wait = expected_wait_s(worker, policy)
+    tier = holder_tier(worker, adapter)
+    swap = 0.0
+    if tier != TAIL:
+        swap = _or(worker.swap_s, policy.default_swap_s)
+        if tier == ABSENT:
+            swap += max(0.0, _or(worker.fetch_s, policy.default_fetch_s) - wait)
+        if _swapped_recently(worker, policy, now):
+            swap += policy.damping_s
+    return wait + swap + _or(worker.inference_s, policy.default_inference_s)
+
+
+def choose_worker(
+    adapter: str | None, workers: Iterable[WorkerView], policy: Policy, now: float
+) -> str | None:
+    """The worker a job for ``adapter`` should go to; ``None``: the shared pool stream.
+
+    A holder (adapter fused or queued there) that is not overloaded comes first; else, while
+    fewer than ``max_holders`` hold it, the worker that would finish it soonest; else the
+    least-loaded holder, unless a worker sits idle (an idle worker beats any wait). Ties go
+    to the smaller worker id.
+    """
+    live = [w for w in workers if is_live(w, policy, now)]
+    if not live or not policy.affinity:
+        return None
+    holders = [w for w in live if holder_tier(w, adapter) <= ON_DEVICE]
+    ready = [w for w in holders if not is_overloaded(w, policy)]
+    if ready:
+        return min(ready, key=lambda w: _rank(w, adapter, policy, now, tier_first=True)).worker_id
+    if holders and len(holders) >= policy.max_holders and not any(_is_idle(w) for w in live):
+        return min(holders, key=lambda w: _rank(w, adapter, policy, now)).worker_id
+    held = {w.worker_id for w in holders}
+    fresh = [w for w in live if w.worker_id not in held and not is_overloaded(w, policy)]
+    return min(fresh or live, key=lambda w: _rank(w, adapter, policy, now)).worker_id
+
+
+def order_queue(
+    current_adapter: str | None,
+    queued: Iterable[tuple[str, str | None, float]],
+    now: float,
+    max_age_s: float,
+    service_s: float = 0.0,
+) -> list[QueuedJob]:
+    """The order a worker should serve its waiting jobs in.
+
+    Jobs for the adapter fused at each step go first, so one swap serves them all; but once the
+    oldest job has waited ``max_age_s``, jobs are served oldest first. ``service_s`` advances
+    the plan's clock per job so that the bound holds along the whole plan, not only its head.
+    """
+    pending = sorted((QueuedJob(*job) for job in queued), key=lambda j: (j.enqueued_at, j.job_id))
+    order: list[QueuedJob] = []
+    adapter, clock = current_adapter, now
+    while pending:
+        job = _next_job(adapter, pending, clock, max_age_s)
+        pending.remove(job)
+        order.append(job)
+        adapter, clock = job.adapter, clock + service_s
+    return order
+
+
+def _next_job(adapter: str | None, pending: list[QueuedJob], now: float, max_age_s: float) -> QueuedJob:
+    oldest = pending[0]
+    if now - oldest.enqueued_at >= max_age_s:
+        return oldest
+    return next((job for job in pending if job.adapter == adapter), oldest)
+
+
+def _rank(
+    worker: WorkerView, adapter: str | None, policy: Policy, now: float, *, tier_first: bool = False
+) -> tuple[float, float, str]:
+    """Sort key: expected finish and holder tier (in either order), then worker id."""
+    # Rounded so that float noise does not beat the deterministic tie-break on worker id.
+    finish = round(expected_finish_s(worker, adapter, policy, now), 6)
+    tier = float(holder_tier(worker, adapter))
+    return (tier, finish, worker.worker_id) if tier_first else (finish, tier, worker.worker_id)
+
+
+def _is_idle(worker: WorkerView) -> bool:
+    return not worker.busy and not worker.queued
+
+
+def _swapped_recently(worker: WorkerView, policy: Policy, now: float) -> bool:
+    if worker.queued or worker.last_swap_at is None:
+        return False
+    return now - worker.last_swap_at < policy.min_residency_s
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

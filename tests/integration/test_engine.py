@@ -1,0 +1,364 @@
+"""The swap engine on the tiny zoo's real SDXL pipeline, checked against diffusers' own LoRA path."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from diffusers.utils import logging as diffusers_logging
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from common.errors import (
+    AdapterCorrupt,
+    AdapterError,
+    AdapterIncompatible,
+    AdapterTooLarge,
+    UnsafeAdapterFormat,
+)
+from worker.adapter import ParsedAdapter, read_adapter
+from worker.engine import SwapEngine
+
+WEIGHTS = "pytorch_lora_weights.safetensors"
+MAX_BYTES = 4 * 2**20  # the zoo's sdxl-lora-huge is just over this
+MAX_RANK = 64
+FORMATS = ["diffusers", "peft", "kohya", "listbase", "rank32", "pivotal"]
+PIVOTAL_PROMPT = "a photo of <s0><s1>"
+FUSED_ATOL = 1e-4  # fp32: lorafarm's one addmm vs PEFT's W + (B @ A) * s
+UNFUSED_ATOL = 2e-3  # fp32: the low-rank path at inference vs a fused weight, through two steps
+
+diffusers_logging.set_verbosity_error()
+
+
+def load_pipe(zoo: Path, dtype: torch.dtype = torch.float32) -> Any:
+    pipe = StableDiffusionXLPipeline.from_pretrained(zoo / "tiny/sdxl-base", dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe: Any, prompt: str = "a cat") -> np.ndarray:
+    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    return np.asarray(out.images)
+
+
+def parse(zoo: Path, name: str, **caps: int) -> ParsedAdapter:
+    folder = zoo / "tiny" / name
+    embeddings = folder / "embeddings.safetensors"
+    return read_adapter(
+        folder / WEIGHTS,
+        key=f"tiny/{name}@test",
+        embeddings=embeddings if embeddings.exists() else None,
+        max_bytes=caps.get("max_bytes", MAX_BYTES),
+        max_rank=caps.get("max_rank", MAX_RANK),
+        pipeline_cls=StableDiffusionXLPipeline,
+    )
+
+
+def snapshot(pipe: Any) -> dict[str, torch.Tensor]:
+    return {
+        f"{part}.{name}": tensor.detach().clone()
+        for part in ("unet", "text_encoder", "text_encoder_2", "vae")
+        for name, tensor in getattr(pipe, part).state_dict().items()
+    }
+
+
+def changed(pipe: Any, reference: dict[str, torch.Tensor]) -> list[str]:
+    now = snapshot(pipe)
+    assert now.keys() == reference.keys()
+    return [name for name, tensor in now.items() if not torch.equal(tensor, reference[name])]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: a second intra-op thread only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe(zoo_dir: Path) -> Any:
+    return load_pipe(zoo_dir)
+
+
+@pytest.fixture(scope="module")
+def pristine_state(pipe: Any) -> dict[str, torch.Tensor]:
+    return snapshot(pipe)
+
+
+@pytest.fixture(scope="module")
+def shared_engine(pipe: Any) -> SwapEngine:
+    return SwapEngine(pipe)
+
+
+@pytest.fixture
+def engine(
+    shared_engine: SwapEngine, pipe: Any, pristine_state: dict[str, torch.Tensor]
+) -> Iterator[SwapEngine]:
+    yield shared_engine
+    shared_engine.restore()
+    assert changed(pipe, pristine_state) == []
+
+
+@pytest.fixture(scope="module")
+def adapters(zoo_dir: Path) -> dict[str, ParsedAdapter]:
+    names = [f"sdxl-lora-{f}" for f in [*FORMATS, "a", "b", "c", "misfit", "badkeys"]] + ["sd15-lora"]
+    return {name: parse(zoo_dir, name) for name in names}
+
+
+@pytest.fixture(scope="module")
+def base_image(pipe: Any) -> np.ndarray:
+    return generate(pipe)
+
+
+def diffusers_reference(zoo: Path, name: str, prompt: str) -> np.ndarray:
+    """The image diffusers itself makes with this LoRA loaded and fused."""
+    ref = load_pipe(zoo)
+    folder = zoo / "tiny" / name
+    ref.load_lora_weights(str(folder), weight_name=WEIGHTS, adapter_name="x")
+    if (folder / "embeddings.safetensors").exists():
+        rows = load_file(folder / "embeddings.safetensors")
+        for part, file_key in (("", "clip_l"), ("_2", "clip_g")):
+            ref.load_textual_inversion(
+                rows[file_key],
+                token=["<s0>", "<s1>"],
+                tokenizer=getattr(ref, f"tokenizer{part}"),
+                text_encoder=getattr(ref, f"text_encoder{part}"),
+            )
+    ref.fuse_lora()
+    return generate(ref, prompt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fused_and_unfused_match_diffusers_fuse(
+    fmt: str,
+    zoo_dir: Path,
+    pipe: Any,
+    engine: SwapEngine,
+    adapters: dict[str, ParsedAdapter],
+    base_image: Any,
+) -> None:
+    name = f"sdxl-lora-{fmt}"
+    prompt = PIVOTAL_PROMPT if fmt == "pivotal" else "a cat"
+    want = diffusers_reference(zoo_dir, name, prompt)
+    assert np.abs(want - (generate(pipe, prompt) if fmt == "pivotal" else base_image)).max() > 0.05
+
+    report = engine.apply([(adapters[name], 1.0)])
+    assert report.changed and report.mode == "fused" and report.touched == len(adapters[name].layers)
+    np.testing.assert_allclose(generate(pipe, prompt), want, atol=FUSED_ATOL, rtol=0)
+
+    engine.apply([(adapters[name], 1.0)], mode="unfused")
+    np.testing.assert_allclose(generate(pipe, prompt), want, atol=UNFUSED_ATOL, rtol=0)
+
+
+def test_kohya_text_encoders_and_alpha_are_normalised(adapters: dict[str, ParsedAdapter]) -> None:
+    kohya = adapters["sdxl-lora-kohya"]
+    parts = {target.split(".", 1)[0] for target in kohya.layers}
+    assert parts == {"unet", "text_encoder", "text_encoder_2"}
+    assert {layer.scale for layer in kohya.layers.values()} == {2 / 4}  # alpha 2, rank 4
+    assert "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" in kohya.layers
+    assert "text_encoder.encoder.layers.0.self_attn.q_proj" in kohya.layers
+
+
+def test_composition_matches_diffusers_set_adapters(
+    zoo_dir: Path, pipe: Any, engine: SwapEngine, adapters: dict[str, ParsedAdapter]
+) -> None:
+    ref = load_pipe(zoo_dir)
+    for name in ("a", "b"):
+        ref.load_lora_weights(
+            str(zoo_dir / "tiny" / f"sdxl-lora-{name}"), weight_name=WEIGHTS, adapter_name=name
+        )
+    ref.set_adapters(["a", "b"], [0.7, 0.3])
+    want = generate(ref)
+
+    pair = [(adapters["sdxl-lora-a"], 0.7), (adapters["sdxl-lora-b"], 0.3)]
+    engine.apply(pair)
+    np.testing.assert_allclose(generate(pipe), want, atol=UNFUSED_ATOL, rtol=0)
+    engine.apply(pair, mode="unfused")
+    np.testing.assert_allclose(generate(pipe), want, atol=UNFUSED_ATOL, rtol=0)
+    assert engine.active.keys == ["tiny/sdxl-lora-a@test", "tiny/sdxl-lora-b@test"]
+    assert engine.active.mode == "unfused"
+
+
+def test_same_set_again_does_nothing(engine: SwapEngine, adapters: dict[str, ParsedAdapter]) -> None:
+    pair = [(adapters["sdxl-lora-a"], 0.7), (adapters["sdxl-lora-b"], 0.3)]
+    assert engine.apply(pair).changed
+    again = engine.apply(list(reversed(pair)))
+    assert not again.changed and again.touched == 0
+    assert engine.apply([(adapters["sdxl-lora-a"], 0.7), (adapters["sdxl-lora-b"], 0.4)]).changed
+    assert engine.pristine_bytes > 0
+
+
+def test_restore_is_bit_exact_against_a_fresh_pipeline(
+    zoo_dir: Path, pipe: Any, engine: SwapEngine, adapters: dict[str, ParsedAdapter]
+) -> None:
+    for name in ("sdxl-lora-kohya", "sdxl-lora-rank32", "sdxl-lora-peft"):
+        engine.apply([(adapters[name], 1.3)])
+    engine.apply([(adapters["sdxl-lora-a"], 1.0)], mode="unfused")
+    engine.restore()
+    assert changed(pipe, snapshot(load_pipe(zoo_dir))) == []
+    assert engine.active.adapters == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("sdxl-lora-corrupt", AdapterCorrupt),
+        ("sdxl-lora-nan", AdapterCorrupt),
+        ("sdxl-lora-huge", AdapterTooLarge),
+    ],
+)
+def test_unreadable_adapters_raise_their_typed_error(
+    zoo_dir: Path, name: str, error: type[AdapterError]
+) -> None:
+    with pytest.raises(error):
+        parse(zoo_dir, name)
+
+
+def test_rank_over_the_cap_is_too_large(zoo_dir: Path) -> None:
+    with pytest.raises(AdapterTooLarge, match="rank 32"):
+        parse(zoo_dir, "sdxl-lora-rank32", max_rank=16)
+
+
+def test_pickle_is_refused_and_never_unpickled(
+    zoo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = tmp_path / "canary"
+    monkeypatch.setenv("LORAFARM_PICKLE_CANARY", str(canary))
+    folder = zoo_dir / "tiny/sdxl-lora-pickle"
+    with pytest.raises(UnsafeAdapterFormat):
+        read_adapter(
+            folder / "pytorch_lora_weights.bin",
+            key="tiny/sdxl-lora-pickle@test",
+            max_bytes=MAX_BYTES,
+            max_rank=MAX_RANK,
+            pipeline_cls=StableDiffusionXLPipeline,
+        )
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("name", ["sdxl-lora-misfit", "sdxl-lora-badkeys", "sd15-lora"])
+def test_incompatible_adapter_leaves_the_active_set_and_base_untouched(
+    name: str, pipe: Any, engine: SwapEngine, adapters: dict[str, ParsedAdapter]
+) -> None:
+    engine.apply([(adapters["sdxl-lora-a"], 1.0)])
+    before, active = snapshot(pipe), engine.active
+    with pytest.raises(AdapterIncompatible):
+        engine.apply([(adapters["sdxl-lora-b"], 1.0), (adapters[name], 1.0)])
+    with pytest.raises(AdapterIncompatible):
+        engine.stage(adapters[name])
+    assert engine.active == active
+    assert changed(pipe, before) == []
+
+
+def test_pivotal_tokens_live_with_their_adapter(
+    pipe: Any, engine: SwapEngine, adapters: dict[str, ParsedAdapter], zoo_dir: Path
+) -> None:
+    pivotal = adapters["sdxl-lora-pivotal"]
+    sizes = {part: len(getattr(pipe, f"tokenizer{part}")) for part in ("", "_2")}
+    rows = load_file(zoo_dir / "tiny/sdxl-lora-pivotal/embeddings.safetensors")
+    engine.apply([(pivotal, 1.0)])
+    for part, file_key in (("", "clip_l"), ("_2", "clip_g")):
+        tokenizer, encoder = getattr(pipe, f"tokenizer{part}"), getattr(pipe, f"text_encoder{part}")
+        ids = tokenizer.convert_tokens_to_ids(["<s0>", "<s1>"])
+        assert ids == [sizes[part], sizes[part] + 1]
+        assert torch.equal(encoder.get_input_embeddings().weight[ids], rows[file_key])
+    engine.apply([(adapters["sdxl-lora-a"], 1.0)], mode="unfused")
+    for part in ("", "_2"):
+        tokenizer = getattr(pipe, f"tokenizer{part}")
+        assert len(tokenizer) == sizes[part]
+        assert "<s0>" not in tokenizer.get_vocab()
+        assert getattr(pipe, f"text_encoder{part}").get_input_embeddings().num_embeddings == sizes[part]
+
+
+def test_parsing_is_thread_safe(zoo_dir: Path, adapters: dict[str, ParsedAdapter]) -> None:
+    results: list[ParsedAdapter] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(parse(zoo_dir, "sdxl-lora-kohya"))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    want = adapters["sdxl-lora-kohya"].layers
+    for parsed in results:
+        assert parsed.layers.keys() == want.keys()
+        assert all(torch.equal(parsed.layers[t].up, want[t].up) for t in want)
+
+
+GOOD = ["sdxl-lora-a", "sdxl-lora-b", "sdxl-lora-c", "sdxl-lora-kohya", "sdxl-lora-peft", "sdxl-lora-pivotal"]
+BAD = ["sdxl-lora-misfit", "sdxl-lora-badkeys", "sd15-lora"]
+adapter_sets = st.lists(
+    st.tuples(st.sampled_from(GOOD), st.sampled_from([1.0, 0.7, 0.3, -0.5])),
+    max_size=3,
+    unique_by=lambda pair: pair[0],
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("apply"), adapter_sets, st.sampled_from(["fused", "unfused"])),
+        st.tuples(st.just("fail"), adapter_sets, st.sampled_from(BAD)),
+        st.tuples(st.just("restore"), st.just([]), st.just("")),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=25, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=operations)
+def test_any_sequence_then_restore_is_bit_exact(
+    ops: list[tuple[str, list[tuple[str, float]], str]],
+    pipe: Any,
+    shared_engine: SwapEngine,
+    pristine_state: dict[str, torch.Tensor],
+    adapters: dict[str, ParsedAdapter],
+) -> None:
+    engine = shared_engine
+    for kind, chosen, extra in ops:
+        wanted = [(adapters[name], scale) for name, scale in chosen]
+        if kind == "apply":
+            engine.apply(wanted, mode="unfused" if extra == "unfused" else "fused")
+            if extra == "unfused":  # unfused writes no base weight (pivotal tokens grow the embeddings)
+                assert [n for n in changed(pipe, pristine_state) if "token_embedding" not in n] == []
+        elif kind == "fail":
+            before, active = snapshot(pipe), engine.active
+            with pytest.raises(AdapterIncompatible):
+                engine.apply([*wanted, (adapters[extra], 1.0)])
+            assert engine.active == active and changed(pipe, before) == []
+        else:
+            engine.restore()
+    engine.restore()
+    assert changed(pipe, pristine_state) == []
+    assert (
+        len(pipe.tokenizer)
+        == len(pipe.tokenizer_2)
+        == pristine_state["text_encoder.embeddings.token_embedding.weight"].shape[0]
+    )
+
+
+def test_bf16_thirty_swaps_then_restore_is_bit_exact(
+    zoo_dir: Path, adapters: dict[str, ParsedAdapter]
+) -> None:
+    pipe = load_pipe(zoo_dir, torch.bfloat16)
+    before = snapshot(pipe)
+    engine = SwapEngine(pipe)
+    staged = engine.stage(adapters["sdxl-lora-kohya"])
+    assert {layer.up.dtype for layer in staged.layers.values()} == {torch.bfloat16}
+    cycle = ["sdxl-lora-a", "sdxl-lora-b", "sdxl-lora-kohya", "sdxl-lora-c", "sdxl-lora-peft"]
+    for i in range(30):
+        first, second = adapters[cycle[i % 5]], adapters[cycle[(i + 2) % 5]]
+        engine.apply(
+            [(first, 1.0), (second, 0.5)] if i % 3 else [(first, 0.8)], "unfused" if i % 7 == 6 else "fused"
+        )
+    image = generate(pipe)
+    assert np.isfinite(image).all()
+    engine.restore()
+    assert changed(pipe, before) == []

@@ -1,0 +1,326 @@
+"""The queue protocol, both sides, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from common import errors, keys
+from common.queue import JobQueue, WorkerQueue, async_client, sync_client
+from common.schemas import AdapterRef, Job, JobResult, WorkerState
+from tests.conftest import free_port, stop, wait_port
+
+pytestmark = pytest.mark.anyio
+
+PNG = b"\x89PNG\r\n\x1a\nfake image bytes"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pool() -> str:
+    """A pool name of its own for each test: tests share one redis-server."""
+    return f"test/pool-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
+    client = sync_client(redis_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def aio_redis(redis_server: str) -> AsyncIterator[aioredis.Redis]:
+    client = async_client(redis_server)
+    yield client
+    await client.aclose()
+
+
+def worker(sync_redis: redis.Redis, pool: str, name: str, *, live: bool = True, **kw: int) -> WorkerQueue:
+    q = WorkerQueue(sync_redis, pool, name, **kw)
+    q.ensure_group()
+    if live:
+        q.heartbeat(WorkerState(worker_id=name, pool=pool), ttl_s=30)
+    return q
+
+
+def job(pool: str, **kw: object) -> Job:
+    adapter = AdapterRef(repo_id="tiny/sdxl-lora-diffusers", revision="a" * 40, weight_name="w.safetensors")
+    return Job(pool=pool, prompt="a cat", seed=1, adapters=[adapter], **kw)  # type: ignore[arg-type]
+
+
+def done(job_id: str, worker_id: str = "w1") -> JobResult:
+    return JobResult(
+        job_id=job_id, status="done", content_type="image/png", worker_id=worker_id, compute_s=0.5
+    )
+
+
+async def test_submit_claim_publish_wait(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    j = job(pool)
+    await q.submit(j)
+    assert (await q.status(j.id)).state == "queued"  # type: ignore[union-attr]
+    assert await q.depth(pool) == 1
+
+    [delivery] = w.claim(block_ms=100)
+    assert delivery.job == j and delivery.deliveries == 1
+    assert await q.depth(pool) == 1  # in hand still counts
+    assert w.publish_result(done(j.id), PNG) is True
+    w.ack(delivery.entry_id)
+
+    found = await q.wait(j.id, timeout_s=5)
+    assert found is not None
+    result, image = found
+    assert (result.status, result.worker_id, image) == ("done", "w1", PNG)
+    assert await q.depth(pool) == 0
+    assert (await q.status(j.id)).state == "done"  # type: ignore[union-attr]
+    assert 0 < await aio_redis.ttl(keys.job_result(j.id)) <= keys.RESULT_TTL_S
+    assert w.claim(block_ms=10) == []
+
+
+async def test_publish_is_idempotent(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    j = job(pool)
+    assert w.publish_result(done(j.id, "first"), PNG) is True
+    assert w.publish_result(done(j.id, "second"), b"other") is False
+    result, image = await q.result(j.id)  # type: ignore[misc]
+    assert (result.worker_id, image) == ("first", PNG)
+    assert await aio_redis.llen(keys.job_done(j.id)) == 1  # the waiter is woken once
+
+
+async def test_failed_result_has_no_image(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    failed = JobResult(job_id="j1" + pool, status="failed", error="bad", error_type="adapter_corrupt")
+    w.publish_result(failed, None)
+    result, image = await q.wait(failed.job_id, timeout_s=1)  # type: ignore[misc]
+    assert (result.error_type, image) == ("adapter_corrupt", None)
+    assert (await q.status(failed.job_id)).error_type == "adapter_corrupt"  # type: ignore[union-attr]
+
+
+async def test_reclaim_from_dead_consumer(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    dead = worker(sync_redis, pool, "dead", live=False)
+    alive = worker(sync_redis, pool, "alive")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    j = job(pool)
+    await q.submit(j)
+    [first] = dead.claim(block_ms=100)  # claimed, never acknowledged: the worker "died"
+    assert alive.reclaim(min_idle_ms=60_000) == []  # not idle long enough yet
+    time.sleep(0.08)
+    [again] = alive.reclaim(min_idle_ms=50)
+    assert (again.job, again.entry_id, again.deliveries) == (j, first.entry_id, 2)
+    third = worker(sync_redis, pool, "third")
+    assert third.reclaim(min_idle_ms=0) == []  # now in the hands of a live worker
+    alive.publish_result(done(j.id, "alive"), PNG)
+    alive.ack(again.entry_id)
+    assert (await q.wait(j.id, timeout_s=2))[0].worker_id == "alive"  # type: ignore[index]
+    assert await q.depth(pool) == 0
+    assert alive.reclaim(min_idle_ms=0) == []  # nothing pending: the dead consumer is forgotten
+    names = {c["name"] for c in sync_redis.xinfo_consumers(keys.pool_stream(pool), keys.WORKER_GROUP)}
+    assert names == {b"alive"}  # "third" never read the stream: it is no consumer
+
+
+async def test_live_consumer_keeps_its_job(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    slow = worker(sync_redis, pool, "slow")
+    other = worker(sync_redis, pool, "other")
+    await JobQueue(aio_redis, worker_ttl_s=10, queue_max=8).submit(job(pool))
+    assert len(slow.claim(block_ms=100)) == 1
+    time.sleep(0.06)
+    assert other.reclaim(min_idle_ms=50) == []  # slow's heartbeat is alive: no double run
+
+
+async def test_dead_letter_after_max_deliveries(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    a = worker(sync_redis, pool, "a", live=False, max_deliveries=2)
+    b = worker(sync_redis, pool, "b", live=False, max_deliveries=2)
+    c = worker(sync_redis, pool, "c", max_deliveries=2)
+    j = job(pool)
+    await q.submit(j)
+    assert len(a.claim(block_ms=100)) == 1  # delivery 1: crashes
+    time.sleep(0.03)
+    [second] = b.reclaim(min_idle_ms=20)  # delivery 2: crashes too
+    assert second.deliveries == 2
+    time.sleep(0.03)
+    assert c.reclaim(min_idle_ms=20) == []  # a third delivery would pass max_deliveries=2
+
+    result, image = await q.wait(j.id, timeout_s=2)  # type: ignore[misc]
+    assert (result.status, result.error_type, image) == ("failed", "job_failed", None)
+    assert "2 deliveries" in (result.error or "")
+    assert await q.depth(pool) == 0
+    [(_, fields)] = sync_redis.xrange(keys.dead_letter_stream(pool))
+    assert fields[b"reason"] == b"max_deliveries"
+    assert Job.model_validate_json(fields[b"job"]).id == j.id
+    assert sync_redis.xpending(keys.pool_stream(pool), keys.WORKER_GROUP)["pending"] == 0
+
+
+async def test_cancel_unclaimed_job_removes_it(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    j = job(pool)
+    await q.submit(j)
+    assert await q.cancel(j.id) is True
+    assert await q.depth(pool) == 0
+    assert w.claim(block_ms=50) == []  # never run for nobody
+    assert w.is_cancelled(j.id)
+    assert (await q.status(j.id)).state == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_cancel_claimed_job_marks_it(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    j = job(pool)
+    await q.submit(j)
+    [delivery] = w.claim(block_ms=100)
+    assert not w.is_cancelled(j.id)
+    assert await q.cancel(j.id) is False  # in a worker's hands: the worker drops it
+    assert w.is_cancelled(j.id)
+    assert await q.depth(pool) == 1
+    w.ack(delivery.entry_id)
+    assert await q.cancel("no-such-job") is False
+
+
+async def test_queue_bound(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=2)
+    await q.submit(job(pool))
+    await q.submit(job(pool))
+    with pytest.raises(errors.QueueFull) as info:
+        await q.submit(job(pool))
+    assert info.value.retry_after is not None and info.value.retry_after >= 1
+    assert await q.depth(pool) == 2
+    [delivery] = w.claim(block_ms=100)
+    w.ack(delivery.entry_id)
+    await q.submit(job(pool))  # room again once one is settled
+
+
+async def test_no_live_worker(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    with pytest.raises(errors.NoWorker) as info:
+        await q.submit(job(pool))
+    assert info.value.retry_after
+    assert await q.depth(pool) == 0
+
+    short = WorkerQueue(sync_redis, pool, "short")
+    short.heartbeat(WorkerState(worker_id="short", pool=pool, fused=["x@1"]), ttl_s=0.1)
+    [state] = await q.live_workers(pool)
+    assert state.fused == ["x@1"]
+    time.sleep(0.15)
+    assert await q.live_workers(pool) == []  # its heartbeat expired
+
+    draining = WorkerQueue(sync_redis, pool, "draining")
+    draining.heartbeat(WorkerState(worker_id="draining", pool=pool, status="draining"), ttl_s=10)
+    with pytest.raises(errors.NoWorker):
+        await q.submit(job(pool))
+    draining.deregister()
+    assert await q.live_workers(pool) == []
+
+
+async def test_malformed_entry_is_dead_lettered(
+    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    stream = keys.pool_stream(pool)
+    sync_redis.xadd(stream, {"job": "{not json"})
+    sync_redis.xadd(stream, {"job": '{"id": "salvaged-' + pool + '", "prompt": 3}'})
+    sync_redis.xadd(stream, {"other": "field"})
+    good = job(pool)
+    await q.submit(good)
+    claimed = [d for _ in range(4) for d in w.claim(block_ms=50)]
+    assert [d.job.id for d in claimed] == [good.id]
+    reasons = [f[b"reason"] for _, f in sync_redis.xrange(keys.dead_letter_stream(pool))]
+    assert reasons == [b"malformed"] * 3
+    result, _ = await q.wait("salvaged-" + pool, timeout_s=1)  # type: ignore[misc]
+    assert result.error_type == "job_failed"
+    w.ack(claimed[0].entry_id)
+    assert await q.depth(pool) == 0
+
+
+async def test_wait_times_out_and_can_stop(aio_redis: aioredis.Redis) -> None:
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8, poll_s=0.05)
+    start = time.monotonic()
+    assert await q.wait("never", timeout_s=0.2) is None
+    assert 0.15 < time.monotonic() - start < 1.5
+
+    calls = 0
+
+    async def stop() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 2
+
+    start = time.monotonic()
+    assert await q.wait("never", timeout_s=30, stop=stop) is None
+    assert time.monotonic() - start < 1.0
+
+
+async def test_redis_down_is_unavailable() -> None:
+    client = async_client(f"redis://127.0.0.1:{free_port()}/0")
+    q = JobQueue(client, worker_ttl_s=10, queue_max=8)
+    start = time.monotonic()
+    for call in (q.ping(), q.depth("p"), q.live_workers("p"), q.status("j"), q.cancel("j")):
+        with pytest.raises(errors.RedisUnavailable) as info:
+            await call
+        assert info.value.retry_after
+    assert time.monotonic() - start < 5
+    await client.aclose()
+
+
+async def test_wait_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """A job accepted before Redis went down is answered once Redis is back (append-only file)."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+           "--appendfsync", "always", "--dir", str(tmp_path)]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    wait_port(port, server)
+    url = f"redis://127.0.0.1:{port}/0"
+    client, sync = async_client(url), sync_client(url)
+    try:
+        w = worker(sync, "p", "w1")
+        q = JobQueue(client, worker_ttl_s=10, queue_max=8, poll_s=0.2)
+        j = job("p")
+        await q.submit(j)
+        waiting = asyncio.create_task(q.wait(j.id, timeout_s=20))
+        await asyncio.sleep(0.3)
+        stop(server)
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # the outage does not fail the wait
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        wait_port(port, server)
+        [delivery] = w.claim(block_ms=1000)  # the job survived the restart
+        w.publish_result(done(j.id), PNG)
+        w.ack(delivery.entry_id)
+        result, image = await asyncio.wait_for(waiting, 10)  # type: ignore[misc]
+        assert (result.status, image) == ("done", PNG)
+    finally:
+        await client.aclose()
+        sync.close()
+        stop(server)

@@ -1,0 +1,325 @@
+"""Placement decisions: which worker gets a job, and the order a worker serves its queue."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.placement import (
+    ABSENT,
+    IN_HOST,
+    ON_DEVICE,
+    TAIL,
+    Policy,
+    QueuedJob,
+    WorkerView,
+    adapter_key,
+    choose_worker,
+    expected_finish_s,
+    expected_wait_s,
+    holder_tier,
+    is_live,
+    is_overloaded,
+    order_queue,
+)
+
+NOW = 1000.0
+A, B, C = "org/a@1", "org/b@1", "org/c@1"
+POLICY = Policy(
+    max_queue=2,
+    max_wait_s=2.0,
+    max_holders=2,
+    stale_after_s=10.0,
+    min_residency_s=30.0,
+    damping_s=1.0,
+    default_swap_s=0.5,
+    default_fetch_s=1.0,
+    default_inference_s=10.0,
+)
+
+
+def worker(worker_id: str, **kw: object) -> WorkerView:
+    """An idle, fresh worker on the plain base, changed by ``kw``."""
+    return replace(WorkerView(worker_id, last_seen=NOW), **kw)  # type: ignore[arg-type]
+
+
+def busy(worker_id: str, remaining_s: float, **kw: object) -> WorkerView:
+    return worker(worker_id, busy=True, remaining_s=remaining_s, **kw)
+
+
+# --- the worker views -------------------------------------------------------------------
+
+
+def test_holder_tiers_rank_tail_then_device_then_host() -> None:
+    w = worker("w", fused=A, queued=(B,), cached=frozenset({C}))
+    assert holder_tier(w, B) == TAIL  # what will be fused once the queue is served
+    assert holder_tier(w, A) == ON_DEVICE
+    assert holder_tier(w, C) == IN_HOST
+    assert holder_tier(w, "org/d@1") == ABSENT
+    assert holder_tier(worker("base"), None) == TAIL
+    assert holder_tier(w, None) == IN_HOST  # restoring the base needs no download
+
+
+def test_expected_wait_counts_the_job_in_flight_and_the_swaps_of_the_queue() -> None:
+    w = busy("w", 4.0, fused=A, queued=(A, B, B), inference_s=10.0, swap_s=0.5)
+    assert expected_wait_s(w, POLICY) == 4.0 + 10.0 + (10.0 + 0.5) + 10.0
+
+
+def test_a_download_hides_behind_the_jobs_ahead() -> None:
+    idle, behind = worker("w1"), busy("w2", 0.4)
+    # Idle: the full fetch (1.0 s) is on the critical path; behind 0.4 s of work, only 0.6 s is.
+    assert expected_finish_s(idle, A, POLICY, NOW) == 1.0 + 0.5 + 10.0
+    assert math.isclose(expected_finish_s(behind, A, POLICY, NOW), 0.4 + 0.6 + 0.5 + 10.0)
+
+
+def test_overloaded_by_depth_or_by_wait() -> None:
+    assert not is_overloaded(busy("w", 1.0), POLICY)
+    assert is_overloaded(busy("w", 1.0, queued=(A,)), POLICY)  # depth 2 = max_queue
+    assert is_overloaded(busy("w", 5.0), POLICY)  # would wait 5 s > max_wait_s
+
+
+def test_staleness_and_announced_status_decide_liveness() -> None:
+    assert is_live(worker("w"), POLICY, NOW + 10.0)
+    assert not is_live(worker("w"), POLICY, NOW + 10.5)
+    assert not is_live(worker("w", alive=False), POLICY, NOW)
+
+
+def test_adapter_key_joins_composed_adapters_and_none_is_the_base() -> None:
+    assert adapter_key([]) is None
+    assert adapter_key([A]) == A
+    assert adapter_key([A, B]) == f"{A}+{B}"
+
+
+# --- choose_worker ----------------------------------------------------------------------
+
+
+def test_affinity_hit_goes_to_the_worker_with_the_adapter_fused() -> None:
+    workers = [worker("w1"), worker("w2", fused=A), worker("w3", fused=B)]
+    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+
+
+def test_base_jobs_go_to_a_worker_on_the_plain_base() -> None:
+    workers = [worker("w1", fused=A), worker("w2")]
+    assert choose_worker(None, workers, POLICY, NOW) == "w2"
+
+
+def test_a_holder_with_a_short_wait_beats_an_idle_worker() -> None:
+    workers = [worker("w1"), busy("w2", 1.5, fused=A)]
+    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+
+
+def test_a_worker_with_a_job_for_the_adapter_queued_is_a_holder() -> None:
+    workers = [worker("w1", fused=B), busy("w2", 0.5, fused=B, queued=())]
+    workers[1] = replace(workers[1], queued=(A,))
+    # w2 is at max_queue, so overloaded; a free holder would win, here the job spills to w1.
+    assert choose_worker(A, workers, POLICY, NOW) == "w1"
+    roomy = replace(POLICY, max_queue=3, max_wait_s=20.0)
+    assert choose_worker(A, workers, roomy, NOW) == "w2"
+
+
+def test_cached_beats_absent_when_nobody_has_it_fused() -> None:
+    workers = [worker("w1", fused=B), worker("w2", fused=C, cached=frozenset({A}))]
+    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+
+
+def test_fused_beats_cached() -> None:
+    workers = [worker("w1", cached=frozenset({A})), worker("w2", fused=A)]
+    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+
+
+def test_overloaded_holder_spills_to_the_least_loaded_worker() -> None:
+    holder = busy("w1", 9.0, fused=A, queued=(A,))
+    workers = [holder, busy("w2", 6.0, fused=B), busy("w3", 0.5, fused=C)]
+    assert choose_worker(A, workers, POLICY, NOW) == "w3"
+
+
+def test_a_full_queue_is_not_topped_up_while_another_worker_has_room() -> None:
+    policy = replace(POLICY, max_wait_s=20.0)
+    full = busy("w1", 0.1, queued=(None,))  # at max_queue, though it would finish sooner
+    assert choose_worker(A, [full, busy("w2", 12.0)], policy, NOW) == "w2"
+
+
+def test_spread_bound_keeps_a_hot_adapter_on_its_holders_when_nobody_is_idle() -> None:
+    holders = [busy("w1", 3.0, fused=A, queued=(A,)), busy("w2", 9.0, fused=A, queued=(A,))]
+    other = busy("w3", 1.0, fused=B)  # would finish the job sooner, but must not be taken over
+    assert choose_worker(A, [*holders, other], POLICY, NOW) == "w1"
+    assert choose_worker(A, [*holders, other], replace(POLICY, max_holders=3), NOW) == "w3"
+
+
+def test_an_idle_worker_is_used_even_at_the_spread_bound() -> None:
+    holders = [busy("w1", 3.0, fused=A, queued=(A,)), busy("w2", 9.0, fused=A, queued=(A,))]
+    assert choose_worker(A, [*holders, worker("w3", fused=B)], POLICY, NOW) == "w3"
+
+
+def test_when_everyone_is_overloaded_the_soonest_finish_wins() -> None:
+    workers = [busy("w1", 9.0, queued=(B,)), busy("w2", 2.0, queued=(C,)), busy("w3", 8.0, queued=(A,))]
+    # w3 holds A (queued) but finishes later than w2 even with w2's extra swap...
+    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    # ...unless the spread bound is reached: then the job queues on its holder.
+    assert choose_worker(A, workers, replace(POLICY, max_holders=1), NOW) == "w3"
+
+
+def test_dead_or_stale_holder_is_skipped() -> None:
+    stale = worker("w1", fused=A, last_seen=NOW - 11.0)
+    dead = worker("w2", fused=A, alive=False)
+    assert choose_worker(A, [stale, dead, worker("w3", fused=B)], POLICY, NOW) == "w3"
+
+
+def test_no_live_worker_means_the_shared_stream() -> None:
+    assert choose_worker(A, [], POLICY, NOW) is None
+    assert choose_worker(A, [worker("w1", last_seen=NOW - 60.0)], POLICY, NOW) is None
+    assert choose_worker(A, [worker("w1", alive=False)], POLICY, NOW) is None
+
+
+def test_without_affinity_every_job_goes_to_the_shared_stream() -> None:
+    assert choose_worker(A, [worker("w1", fused=A)], replace(POLICY, affinity=False), NOW) is None
+
+
+def test_ties_go_to_the_smaller_worker_id_whatever_the_input_order() -> None:
+    workers = [worker("w3"), worker("w1"), worker("w2")]
+    assert choose_worker(A, workers, POLICY, NOW) == "w1"
+    assert choose_worker(A, workers[::-1], POLICY, NOW) == "w1"
+
+
+def test_damping_steers_a_new_adapter_away_from_a_worker_that_just_swapped() -> None:
+    just = worker("w1", fused=A, last_swap_at=NOW - 1.0)
+    settled = worker("w2", fused=C, last_swap_at=NOW - 600.0)
+    assert choose_worker(B, [just, settled], POLICY, NOW) == "w2"
+    assert choose_worker(B, [just, settled], replace(POLICY, damping_s=0.0), NOW) == "w1"
+
+
+def replay(adapters: list[str], policy: Policy, n_workers: int = 2) -> int:
+    """Serve ``adapters`` one job at a time, 20 s apart (each done before the next); count swaps."""
+    workers = {f"w{i}": worker(f"w{i}") for i in range(n_workers)}
+    swaps = 0
+    for i, adapter in enumerate(adapters):
+        now = NOW + 20.0 * i
+        workers = {k: replace(w, last_seen=now) for k, w in workers.items()}
+        chosen = choose_worker(adapter, workers.values(), policy, now)
+        assert chosen is not None
+        w = workers[chosen]
+        if w.fused != adapter:
+            swaps += 1
+            w = replace(w, fused=adapter, last_swap_at=now, cached=w.cached | {adapter})
+        workers[chosen] = w
+    return swaps
+
+
+def test_two_alternating_adapters_do_not_thrash_one_worker_while_another_is_free() -> None:
+    alternating = [A, B] * 10
+    assert replay(alternating, POLICY) == 2  # each adapter settles on its own worker
+    # Without damping the second worker is never used: a swap on every job.
+    assert replay(alternating, replace(POLICY, damping_s=0.0)) == 20
+
+
+# --- order_queue ------------------------------------------------------------------------
+
+
+def test_jobs_for_the_current_adapter_go_first_and_then_group() -> None:
+    queued = [("j1", B, NOW - 3), ("j2", A, NOW - 2), ("j3", B, NOW - 1), ("j4", A, NOW)]
+    plan = order_queue(A, queued, NOW, max_age_s=30.0)
+    assert [j.job_id for j in plan] == ["j2", "j4", "j1", "j3"]
+    assert plan[0] == QueuedJob("j2", A, NOW - 2)
+
+
+def test_an_over_age_job_goes_first_oldest_first() -> None:
+    queued = [("j1", A, NOW - 1), ("j2", B, NOW - 40), ("j3", C, NOW - 50)]
+    assert [j.job_id for j in order_queue(A, queued, NOW, max_age_s=30.0)] == ["j3", "j2", "j1"]
+
+
+def test_service_time_keeps_the_bound_along_the_plan() -> None:
+    queued = [("b", B, NOW - 25), *((f"a{i}", A, NOW - 20 + i) for i in range(5))]
+    # At plan time nobody is over age; after one 10 s job, "b" is, and goes next.
+    plan = order_queue(A, queued, NOW, max_age_s=30.0, service_s=10.0)
+    assert [j.job_id for j in plan][:2] == ["a0", "b"]
+    assert [j.job_id for j in order_queue(A, queued, NOW, max_age_s=30.0)][-1] == "b"
+
+
+def test_equal_enqueue_times_order_by_job_id() -> None:
+    queued = [("j2", B, NOW), ("j1", B, NOW), ("j3", A, NOW)]
+    assert [j.job_id for j in order_queue(None, queued, NOW, max_age_s=30.0)] == ["j1", "j2", "j3"]
+    assert order_queue(A, [], NOW, max_age_s=30.0) == []
+
+
+def test_a_worker_fed_a_stream_of_hot_jobs_still_serves_the_odd_one_within_the_bound() -> None:
+    """A busy worker on A keeps receiving A jobs; a single B job still starts in time."""
+    max_age, service = 30.0, 10.0
+    queue: list[tuple[str, str | None, float]] = [("b", B, 0.0)]
+    current: str | None = A
+    for step in range(20):
+        now = step * service
+        queue += [(f"a{step}-{k}", A, now) for k in range(2)]  # two hot jobs per job served
+        job = order_queue(current, queue, now, max_age)[0]
+        queue = [q for q in queue if q[0] != job.job_id]
+        current = job.adapter
+        if job.job_id == "b":
+            assert now - 0.0 <= max_age + service
+            return
+    raise AssertionError("the B job starved")
+
+
+# --- properties -------------------------------------------------------------------------
+
+ADAPTERS = st.sampled_from([A, B, C, None])
+views = st.builds(
+    WorkerView,
+    worker_id=st.sampled_from([f"w{i}" for i in range(8)]),
+    last_seen=st.floats(NOW - 30.0, NOW),
+    alive=st.booleans(),
+    fused=ADAPTERS,
+    cached=st.frozensets(st.sampled_from([A, B, C]), max_size=3),
+    queued=st.lists(ADAPTERS, max_size=3).map(tuple),
+    busy=st.booleans(),
+    remaining_s=st.floats(0.0, 12.0),
+    swap_s=st.none() | st.floats(0.0, 4.0),
+    fetch_s=st.none() | st.floats(0.0, 3.0),
+    inference_s=st.none() | st.floats(1.0, 12.0),
+    last_swap_at=st.none() | st.floats(NOW - 100.0, NOW),
+)
+pools = st.lists(views, max_size=8, unique_by=lambda w: w.worker_id)
+
+
+@settings(max_examples=100, deadline=None)
+@given(pools, ADAPTERS, st.permutations(range(8)))
+def test_the_choice_is_live_and_does_not_depend_on_input_order(
+    workers: list[WorkerView], adapter: str | None, order: list[int]
+) -> None:
+    chosen = choose_worker(adapter, workers, POLICY, NOW)
+    live = {w.worker_id for w in workers if is_live(w, POLICY, NOW)}
+    assert (chosen is None) == (not live)
+    assert chosen is None or chosen in live
+    shuffled = [workers[i] for i in order if i < len(workers)]
+    assert choose_worker(adapter, shuffled, POLICY, NOW) == chosen
+
+
+@settings(max_examples=100, deadline=None)
+@given(pools, ADAPTERS)
+def test_never_an_overloaded_worker_when_a_live_one_has_room(
+    workers: list[WorkerView], adapter: str | None
+) -> None:
+    policy = replace(POLICY, max_holders=len(workers) + 1)  # the spread bound never binds
+    chosen = choose_worker(adapter, workers, policy, NOW)
+    live = [w for w in workers if is_live(w, policy, NOW)]
+    if any(not is_overloaded(w, policy) for w in live):
+        assert not is_overloaded(next(w for w in live if w.worker_id == chosen), policy)
+
+
+jobs = st.lists(st.tuples(st.sampled_from([A, B, C, None]), st.floats(NOW - 100.0, NOW)), max_size=12).map(
+    lambda js: [(f"j{i:02d}", a, t) for i, (a, t) in enumerate(js)]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(jobs, ADAPTERS, st.floats(1.0, 60.0), st.floats(0.1, 15.0))
+def test_no_job_waits_past_the_bound_by_more_than_the_older_jobs_ahead_of_it(
+    queued: list[tuple[str, str | None, float]], current: str | None, max_age: float, service: float
+) -> None:
+    plan = order_queue(current, queued, NOW, max_age, service)
+    assert sorted(j.job_id for j in plan) == sorted(q[0] for q in queued)
+    for index, job in enumerate(plan):
+        due = max(0, math.ceil((job.enqueued_at + max_age - NOW) / service))
+        older = sum(1 for q in queued if (q[2], q[0]) < (job.enqueued_at, job.job_id))
+        assert index <= due + older

@@ -1,0 +1,226 @@
+"""The swap engine: put a set of adapters on a warm pipeline, exactly and in one pass.
+
+Fused: each targeted weight is written as ``W0 + sum(scale_i * up_i @ down_i)`` straight from its
+pristine copy (one ``addmm`` into the weight), so inference runs at base speed. Unfused: weights
+stay at ``W0`` and a forward hook adds the low-rank terms (only the small matrices are swapped).
+Weights the new set does not touch are copied back from their pristine copy; nothing is ever
+subtracted, so ``restore()`` returns the base bit-exact whatever came before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import torch
+
+from common.errors import InvalidRequest
+from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
+from worker.lowrank import LowRankPath, Term
+from worker.pristine import PristinePolicy, PristineStore
+from worker.tokens import PivotalTokens
+
+Mode = Literal["fused", "unfused"]
+#: Per target: which adapters at which effective scale; equal signatures mean an equal weight.
+Signature = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    """What one ``apply`` or ``restore`` did."""
+
+    changed: bool
+    seconds: float
+    mode: Mode
+    touched: int  # weights written or restored, plus low-rank paths set or removed
+
+
+@dataclass(frozen=True)
+class ActiveSet:
+    """The adapters on the base now, as (key, strength) in a canonical order, and how they are applied."""
+
+    mode: Mode = "fused"
+    adapters: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.adapters]
+
+
+def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
+    """Every Linear/Conv2d an adapter may target, by canonical name ``<component>.<module path>``."""
+    found: dict[str, torch.nn.Module] = {}
+    components = getattr(pipe, "_lora_loadable_modules", None) or ["unet", "text_encoder", "text_encoder_2"]
+    for component in components:
+        model = getattr(pipe, component, None)
+        if not isinstance(model, torch.nn.Module):
+            continue
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
+                # adapters name CLIP layers with or without text_model. (transformers 5 dropped it on some)
+                found[f"{component}.{name.removeprefix('text_model.')}"] = module
+    return found
+
+
+class SwapEngine:
+    """Applies and removes adapters on one loaded pipeline; see the module docstring."""
+
+    def __init__(
+        self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30
+    ) -> None:
+        self.pipe = pipe
+        self.modules = target_modules(pipe)
+        self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes)
+        self._tokens = PivotalTokens(pipe)
+        self._fused: dict[str, Signature] = {}
+        self._paths: dict[str, tuple[Signature, LowRankPath]] = {}
+        self._active = ActiveSet()
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> ActiveSet:
+        return self._active
+
+    @property
+    def pristine_bytes(self) -> int:
+        """Bytes of pristine copies held (device and host together)."""
+        return self._pristine.nbytes
+
+    def validate(self, adapter: ParsedAdapter) -> None:
+        """Raise AdapterIncompatible unless the adapter fits this base; touches nothing."""
+        validate(adapter, self.modules)
+        self._tokens.check([adapter])
+
+    def stage(self, adapter: ParsedAdapter) -> ParsedAdapter:
+        """Validate and move the adapter's tensors to its targets' device and dtype (safe off-thread)."""
+        self.validate(adapter)
+        layers: dict[str, LoraLayer] = {}
+        for target, layer in adapter.layers.items():
+            weight = weight_of(self.modules[target])
+            down = layer.down.to(device=weight.device, dtype=weight.dtype)
+            layers[target] = LoraLayer(down, layer.up.to(down), layer.scale)
+        embeddings = None
+        if adapter.embeddings is not None:
+            embeddings = {
+                component: rows.to(getattr(self.pipe, component).get_input_embeddings().weight)
+                for component, rows in adapter.embeddings.items()
+            }
+        return replace(
+            adapter, layers=layers, embeddings=embeddings, nbytes=adapter_nbytes(layers, embeddings)
+        )
+
+    def apply(self, adapters: Sequence[tuple[ParsedAdapter, float]], mode: Mode = "fused") -> SwapReport:
+        """Make exactly these adapters, at these strengths, active; nothing happens if they already are."""
+        start = time.perf_counter()
+        if mode not in ("fused", "unfused"):
+            raise ValueError(f"mode must be fused or unfused, not {mode!r}")
+        wanted = ActiveSet(
+            mode if adapters else "fused", tuple(sorted((a.key, float(s)) for a, s in adapters))
+        )
+        with self._lock:
+            if wanted == self._active:
+                return SwapReport(False, time.perf_counter() - start, wanted.mode, 0)
+            if len({key for key, _ in wanted.adapters}) != len(wanted.adapters):
+                raise InvalidRequest("an adapter is listed twice")
+            for adapter, _ in adapters:
+                validate(adapter, self.modules)
+            self._tokens.check([a for a, _ in adapters])
+            staged = [(self.stage(a), float(s)) for a, s in adapters]
+            try:
+                touched = self._switch(_plan(staged), wanted.mode)
+                self._tokens.set([a for a, _ in staged])
+            except BaseException:
+                self._reset()
+                raise
+            self._active = wanted
+            _sync()
+        return SwapReport(True, time.perf_counter() - start, wanted.mode, touched)
+
+    def restore(self) -> SwapReport:
+        """Return the base to bit-exact: every weight from its pristine copy, hooks and tokens removed."""
+        return self.apply([])
+
+    def _switch(self, plan: dict[str, tuple[Signature, list[Term]]], mode: Mode) -> int:
+        touched = 0
+        fused_plan = plan if mode == "fused" else {}
+        unfused_plan = plan if mode == "unfused" else {}
+        for target in [t for t in self._paths if t not in unfused_plan]:
+            self._paths.pop(target)[1].remove()
+            touched += 1
+        for target in [t for t in self._fused if t not in fused_plan]:
+            self._pristine.restore(target, weight_of(self.modules[target]))
+            del self._fused[target]
+            touched += 1
+        with torch.no_grad():
+            for target, (signature, terms) in fused_plan.items():
+                if self._fused.get(target) != signature:
+                    weight = weight_of(self.modules[target])
+                    base = self._pristine.keep(target, weight)
+                    self._fused[target] = ()  # restored by _reset if the write fails midway
+                    _write(weight, base, terms)
+                    self._fused[target] = signature
+                    touched += 1
+        for target, (signature, terms) in unfused_plan.items():
+            current = self._paths.get(target)
+            if current is None or current[0] != signature:
+                path = current[1] if current is not None else LowRankPath(self.modules[target])
+                path.set(terms)
+                self._paths[target] = (signature, path)
+                touched += 1
+        return touched
+
+    def _reset(self) -> None:
+        """Back to the plain base after a failure; every step here is a copy or a removal."""
+        for _, path in self._paths.values():
+            path.remove()
+        self._paths.clear()
+        for target in self._fused:
+            self._pristine.restore(target, weight_of(self.modules[target]))
+        self._fused.clear()
+        self._tokens.clear()
+        self._active = ActiveSet()
+
+
+def _plan(staged: Sequence[tuple[ParsedAdapter, float]]) -> dict[str, tuple[Signature, list[Term]]]:
+    """Per target: its signature and its (down, up, strength * alpha/rank) terms."""
+    plan: dict[str, tuple[Signature, list[Term]]] = {}
+    for adapter, strength in staged:
+        for target, layer in adapter.layers.items():
+            signature, terms = plan.get(target, ((), []))
+            scale = strength * layer.scale
+            plan[target] = ((*signature, (adapter.key, scale)), [*terms, (layer.down, layer.up, scale)])
+    return plan
+
+
+def _write(weight: torch.Tensor, base: torch.Tensor, terms: Sequence[Term]) -> None:
+    """weight = base + sum(scale * up @ down) in one pass (conv kernels as 2-D matrices)."""
+    if not weight.is_contiguous():  # e.g. a channels_last conv: compute aside, then copy in
+        with torch.no_grad():
+            flat = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+            _write(flat, base.contiguous(), terms)
+            weight.copy_(flat)
+        return
+    out = weight.view(weight.shape[0], -1)
+    base2d = base.view(base.shape[0], -1)
+    if len(terms) == 1:
+        down, up, scale = terms[0]
+        down2d, up2d = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
+    else:
+        # one product over the concatenated ranks: a single rounding of the sum, not one per adapter
+        up2d = torch.cat([(u.reshape(u.shape[0], -1).float() * s).to(u.dtype) for _, u, s in terms], dim=1)
+        down2d = torch.cat([d.reshape(d.shape[0], -1) for d, _, _ in terms], dim=0)
+        scale = 1.0
+    if base2d.device == out.device:
+        torch.addmm(base2d, up2d, down2d, alpha=scale, out=out)
+    else:  # pristine copy in pinned host memory
+        out.copy_(base2d, non_blocking=True)
+        out.addmm_(up2d, down2d, alpha=scale)
+
+
+def _sync() -> None:
+    # so that SwapReport.seconds is the real cost on a GPU, not the launch time
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()

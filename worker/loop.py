@@ -1,0 +1,201 @@
+"""The claim → swap → generate → publish → ack loop of one worker, and its heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from common import errors
+from common.queue import Delivery, WorkerQueue
+from common.schemas import Job, JobResult, JobStatus, WorkerState
+from worker.metrics import WorkerMetrics
+from worker.pipeline import encode, generate
+from worker.settings import WorkerSettings
+from worker.swapper import Swapper
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_MAX_BACKOFF_S = 5.0
+
+
+class Worker:
+    """Serves one pool's jobs on one warm pipeline."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        queue: WorkerQueue,
+        pipe: Any,
+        swapper: Swapper,
+        metrics: WorkerMetrics,
+        *,
+        device: str = "cpu",
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.pipe = pipe
+        self.swapper = swapper
+        self.metrics = metrics
+        self.device = device
+        self.status: str = "starting"
+        self.current_job: str | None = None
+        self.jobs_done = 0
+        self.swap_s: float | None = None
+        self.inference_s: float | None = None
+        self.redis_ok = False
+        self.started_at = time.time()
+
+    # --- the loop -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, *, burst: bool = False) -> None:
+        """Serve jobs until ``stop`` is set (or, in burst mode, until nothing is left to claim)."""
+        backoff = 0.1
+        next_reclaim = 0.0
+        self.status = "ready"
+        while not stop.is_set():
+            try:
+                self.queue.ensure_group()
+                deliveries: list[Delivery] = []
+                if time.monotonic() >= next_reclaim:
+                    deliveries = self.queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
+                    next_reclaim = time.monotonic() + self.settings.lease_s / 2
+                if not deliveries:
+                    deliveries = self.queue.claim(block_ms=self.settings.block_ms)
+                self.redis_ok = True
+                backoff = 0.1
+                if not deliveries and burst:
+                    return
+                for delivery in deliveries:
+                    self.serve(delivery)
+            except _REDIS_DOWN as exc:
+                self.redis_ok = False
+                log.warning("event=redis_down error=%r retry_in=%.1fs", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        self.status = "draining"
+
+    def serve(self, delivery: Delivery) -> None:
+        """Run one job to a published result, then acknowledge it.
+
+        A job that fails for its own reasons (bad adapter...) gets a failed result and is
+        acknowledged. An unexpected crash leaves it pending: it is delivered again after the
+        lease and dead-lettered after ``max_deliveries``.
+        """
+        job = delivery.job
+        if self._dropped(job):
+            self._finish(delivery, JobResult(job_id=job.id, status="cancelled", worker_id=self.worker_id,
+                                             error="the job was cancelled before it ran",
+                                             error_type=errors.JobCancelled.error_type), None)
+            return
+        self.status, self.current_job = "busy", job.id
+        self.metrics.queue_wait_seconds.observe(max(0.0, time.time() - job.enqueued_at))
+        self.queue.set_status(JobStatus(job_id=job.id, state="running", worker_id=self.worker_id))
+        try:
+            self._run_job(delivery)
+        except errors.LorafarmError as exc:
+            log.info("event=job_failed job=%s error_type=%s error=%s", job.id, exc.error_type, exc.message)
+            self._finish(delivery, JobResult(job_id=job.id, status="failed", worker_id=self.worker_id,
+                                             error=exc.message, error_type=exc.error_type), None)
+        except _REDIS_DOWN:
+            raise
+        except Exception:
+            log.exception("event=job_crashed job=%s deliveries=%d", job.id, delivery.deliveries)
+            self.metrics.job("crashed")
+        finally:
+            self.status, self.current_job = "ready", None
+
+    def _run_job(self, delivery: Delivery) -> None:
+        job = delivery.job
+        start = time.perf_counter()
+        outcome = self.swapper.swap(job.adapters)
+        if outcome.changed:
+            self.metrics.swaps.inc()
+            self.swap_s = _ewma(self.swap_s, outcome.seconds)
+        self.metrics.swap_seconds.observe(outcome.seconds)
+        infer_start = time.perf_counter()
+        cancelled = threading.Event()
+        image = generate(self.pipe, job, default_steps=self.settings.default_steps,
+                         on_step=self._progress(job, cancelled))
+        inference_s = time.perf_counter() - infer_start
+        self.metrics.inference_seconds.observe(inference_s)
+        self.inference_s = _ewma(self.inference_s, inference_s)
+        if cancelled.is_set():
+            self._finish(delivery, JobResult(job_id=job.id, status="cancelled", worker_id=self.worker_id,
+                                             error="the job was cancelled while it ran",
+                                             error_type=errors.JobCancelled.error_type), None)
+            return
+        data, content_type = encode(image, job.format)
+        result = JobResult(
+            job_id=job.id, status="done", content_type=content_type, worker_id=self.worker_id,
+            warm=not outcome.changed, swap_s=outcome.seconds, inference_s=inference_s,
+            compute_s=time.perf_counter() - start,
+        )
+        self._finish(delivery, result, data)
+        log.info("event=job_done job=%s adapters=%s warm=%s swap_s=%.4f inference_s=%.3f",
+                 job.id, ",".join(r.key for r in job.adapters) or "-", result.warm, outcome.seconds, inference_s)
+
+    def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
+        if not self.queue.publish_result(result, image):
+            log.info("event=duplicate_result job=%s", result.job_id)
+        self.queue.ack(delivery.entry_id)
+        self.metrics.job(result.status)
+        self.jobs_done += 1
+
+    def _dropped(self, job: Job) -> bool:
+        if job.deadline is not None and time.time() > job.deadline:
+            return True
+        return self.queue.is_cancelled(job.id)
+
+    def _progress(self, job: Job, cancelled: threading.Event) -> Any:
+        last = 0.0
+
+        def on_step(step: int, steps: int) -> bool:
+            nonlocal last
+            now = time.monotonic()
+            if step < steps and now - last < self.settings.progress_interval_s:
+                return False
+            last = now
+            self.queue.set_status(JobStatus(job_id=job.id, state="running", step=step, steps=steps,
+                                            worker_id=self.worker_id))
+            if self.queue.is_cancelled(job.id):
+                cancelled.set()
+            return cancelled.is_set()
+
+        return on_step
+
+    # --- heartbeat ------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    def state(self) -> WorkerState:
+        return WorkerState(
+            worker_id=self.worker_id, pool=self.settings.base, status=self.status,  # type: ignore[arg-type]
+            device=self.device, fused=self.swapper.active(), cached=self.swapper.cached(),
+            current_job=self.current_job, jobs_done=self.jobs_done, swap_s=self.swap_s,
+            inference_s=self.inference_s, started_at=self.started_at,
+        )
+
+    def heartbeat_forever(self, stop: threading.Event) -> None:
+        """Announce this worker every ``heartbeat_s`` until ``stop``; survives Redis outages."""
+        while not stop.is_set():
+            try:
+                self.queue.heartbeat(self.state(), ttl_s=self.settings.worker_ttl_s)
+                self.redis_ok = True
+            except _REDIS_DOWN:
+                self.redis_ok = False
+            self.metrics.ready.set(1 if self.ready() else 0)
+            stop.wait(self.settings.heartbeat_s)
+
+    def ready(self) -> bool:
+        return self.redis_ok and self.status in ("ready", "busy")
+
+
+def _ewma(previous: float | None, value: float, alpha: float = 0.3) -> float:
+    return value if previous is None else (1 - alpha) * previous + alpha * value

@@ -1,0 +1,103 @@
+"""The warm base pipeline: download once, load on the right device, generate with a seed."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import snapshot_download
+from PIL import Image
+
+from common.schemas import Job
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+#: Called after each denoising step with (step done, steps in all); returns True to stop the job.
+StepHook = Callable[[int, int], bool]
+
+
+def resolve_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def resolve_dtype(setting: str, device: str) -> torch.dtype:
+    if setting == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return _DTYPES[setting]
+
+
+def download_base(settings: WorkerSettings) -> str:
+    """Fetch the base's diffusers folders (safetensors only, no single-file checkpoints)."""
+    return snapshot_download(
+        settings.base,
+        endpoint=settings.hf_endpoint,
+        cache_dir=settings.hf_cache_dir,
+        token=settings.hf_token,
+        # Component folders only: the Hub's SDXL repo also holds multi-GB single-file checkpoints.
+        allow_patterns=["model_index.json", "*/*.json", "*/*.txt", "*/*.model", "*/*.safetensors"],
+        ignore_patterns=["*.fp16.safetensors", "*.onnx*", "*.msgpack", "*.bin", "*.ckpt"],
+    )
+
+
+def load_base(settings: WorkerSettings) -> DiffusionPipeline:
+    """Load the base pipeline once, on the configured device and dtype."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    path = download_base(settings)
+    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("event=base_loaded base=%s device=%s dtype=%s", settings.base, device, dtype)
+    return pipe
+
+
+def generate(pipe: DiffusionPipeline, job: Job, *, default_steps: int, on_step: StepHook | None = None) -> Image.Image:
+    """Run the pipeline for one job; the same job (seed included) gives the same image."""
+    steps = job.num_inference_steps or default_steps
+    kwargs: dict[str, Any] = {
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "num_inference_steps": steps,
+        # A CPU generator draws the same noise on every device.
+        "generator": torch.Generator(device="cpu").manual_seed(job.seed),
+    }
+    if job.guidance_scale is not None:
+        kwargs["guidance_scale"] = job.guidance_scale
+    if job.width is not None:
+        kwargs["width"] = job.width
+    if job.height is not None:
+        kwargs["height"] = job.height
+    if on_step is not None:
+
+        def _callback(p: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step(step + 1, steps):
+                p._interrupt = True
+            return callback_kwargs
+
+        kwargs["callback_on_step_end"] = _callback
+    with torch.inference_mode():
+        return pipe(**kwargs).images[0]
+
+
+def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:
+    """Image bytes in ``png``, ``jpeg`` or ``webp``, and their content type."""
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=90)
+    elif fmt == "webp":
+        image.save(buf, format="WEBP", quality=90)
+    else:
+        image.save(buf, format="PNG")
+    return buf.getvalue(), _CONTENT_TYPES[fmt]

@@ -1,0 +1,52 @@
+"""Settings of a worker process (``python -m worker --base REPO_ID``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field
+
+from common.settings import CommonSettings
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(CommonSettings):
+    """One worker keeps one base warm and serves the jobs of that base's pool."""
+
+    base: str = Field(default="", description="Base repo id this worker serves (its pool).")
+    worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker name.")
+    device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Device for the base.")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+        default="auto", description="Weights dtype: auto is fp16 on CUDA, fp32 on CPU."
+    )
+    default_steps: int = Field(default=25, ge=1, description="Inference steps when a request names none.")
+    block_ms: int = Field(default=1000, ge=1, description="How long one stream read blocks.")
+    lease_s: float = Field(
+        default=30.0, gt=0, description="A claimed job idle this long is reclaimed from its (dead) worker."
+    )
+    max_deliveries: int = Field(default=3, ge=1, description="Deliveries before a job is dead-lettered.")
+    max_adapter_bytes: int = Field(default=512 * 2**20, gt=0, description="Largest adapter file accepted.")
+    max_rank: int = Field(default=256, gt=0, description="Largest LoRA rank accepted.")
+    host_cache_bytes: int = Field(
+        default=2 * 2**30, ge=0, description="Bytes of parsed adapters kept in host memory (LRU)."
+    )
+    pristine: Literal["auto", "device", "host"] = Field(
+        default="auto", description="Where pristine copies of touched base weights live."
+    )
+    progress_interval_s: float = Field(
+        default=0.25, ge=0, description="Least seconds between two step-progress events of a job."
+    )
+    prefetch: bool = Field(default=True, description="Fetch and parse the next job's adapter during a job.")
+    worker_port: int = Field(
+        default=9100, ge=0, le=65535, description="Port of the worker's /health, /ready, /metrics (0: off)."
+    )
+    worker_host: str = Field(default="127.0.0.1", description="Bind address of the worker's probe server.")
+    stock_swap: bool = Field(
+        default=False,
+        description="Reference behaviour for benchmarks: diffusers load+fuse / unfuse+unload on every change.",
+    )

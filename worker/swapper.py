@@ -1,0 +1,103 @@
+"""Make a job's adapters active on the warm base: lorafarm's engine, or diffusers' stock path.
+
+The stock path is the reference system's behaviour (load + fuse, unfuse + unload on every
+change), kept behind ``stock_swap`` so benchmarks compare both in the same farm.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from common.schemas import AdapterRef
+from worker.settings import WorkerSettings
+from worker.store import AdapterStore, fetch_file
+
+
+@dataclass(frozen=True)
+class SwapOutcome:
+    changed: bool
+    seconds: float
+
+
+class Swapper(Protocol):
+    def swap(self, refs: list[AdapterRef]) -> SwapOutcome: ...
+
+    def active(self) -> list[str]: ...
+
+    def prefetch(self, ref: AdapterRef) -> None: ...
+
+    def cached(self) -> list[str]: ...
+
+
+def _wanted(refs: list[AdapterRef]) -> tuple[tuple[str, float], ...]:
+    return tuple((ref.key, ref.scale) for ref in refs)
+
+
+class EngineSwapper:
+    """lorafarm: parsed adapters from the store, fused in one pass from pristine copies."""
+
+    def __init__(self, engine: Any, store: AdapterStore) -> None:
+        self.engine = engine
+        self.store = store
+        self._active: tuple[tuple[str, float], ...] = ()
+
+    def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
+        wanted = _wanted(refs)
+        if wanted == self._active:
+            return SwapOutcome(False, 0.0)
+        start = time.perf_counter()
+        parsed = [(self.store.get(ref), ref.scale) for ref in refs]
+        if parsed:
+            self.engine.apply(parsed)
+        else:
+            self.engine.restore()
+        self._active = wanted
+        return SwapOutcome(True, time.perf_counter() - start)
+
+    def active(self) -> list[str]:
+        return [key for key, _ in self._active]
+
+    def prefetch(self, ref: AdapterRef) -> None:
+        self.store.prefetch(ref)
+
+    def cached(self) -> list[str]:
+        return self.store.holds()
+
+
+class StockSwapper:
+    """The reference system: diffusers ``load_lora_weights`` + ``fuse_lora`` / ``unfuse_lora`` + ``unload``."""
+
+    def __init__(self, pipe: Any, settings: WorkerSettings) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self._active: tuple[tuple[str, float], ...] = ()
+
+    def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
+        wanted = _wanted(refs)
+        if wanted == self._active:
+            return SwapOutcome(False, 0.0)
+        start = time.perf_counter()
+        if self._active:
+            self.pipe.unfuse_lora()
+            self.pipe.unload_lora_weights()
+        self._active = ()
+        if refs:
+            names = [f"a{i}" for i in range(len(refs))]
+            for name, ref in zip(names, refs, strict=True):
+                path = fetch_file(self.settings, ref, ref.weight_name)
+                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+            self.pipe.set_adapters(names, [ref.scale for ref in refs])
+            self.pipe.fuse_lora(adapter_names=names)
+        self._active = wanted
+        return SwapOutcome(True, time.perf_counter() - start)
+
+    def active(self) -> list[str]:
+        return [key for key, _ in self._active]
+
+    def prefetch(self, ref: AdapterRef) -> None:
+        return
+
+    def cached(self) -> list[str]:
+        return []
