@@ -28,11 +28,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) system-deps
 
-# redis-server (>= 6.2) from Debian when it is missing.
+# Debian packages when missing: redis-server (>= 6.2); docker-compose (validates compose files offline).
+APT_PKGS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v docker-compose),,docker-compose)
 system-deps:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server"; \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server) >/dev/null; }
+	@if [ -n "$(strip $(APT_PKGS))" ]; then \
+	  echo "installing $(strip $(APT_PKGS))"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_PKGS) >/dev/null; \
+	fi
 
 run: setup
 	$(PY) -m lorafarm.cli run $(RUN_ARGS)

@@ -12,7 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class CommonSettings(BaseSettings):
     """Environment variables start with ``LORAFARM_`` (``LORAFARM_REDIS_URL``...)."""
 
-    model_config = SettingsConfigDict(env_prefix="LORAFARM_", extra="ignore", populate_by_name=True)
+    # An empty variable (``HF_TOKEN=``) counts as unset.
+    model_config = SettingsConfigDict(
+        env_prefix="LORAFARM_", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis URL shared by router and workers."

@@ -19,6 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
+# One torch thread per process: the suite runs several model processes on 2 cores, and
+# oversubscribed threads make a 0.1 s generation take seconds.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Keep every huggingface_hub call of the suite on loopback and quiet.
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

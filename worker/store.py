@@ -103,6 +103,8 @@ def fetch_file(settings: WorkerSettings, ref: AdapterRef, filename: str | None) 
             )
         )
     except hf_errors.LocalEntryNotFoundError as exc:
+        if isinstance(exc.__cause__, hf_errors.DisabledRepoError):
+            raise errors.DisabledRepo(f"{ref.repo_id} is disabled") from exc
         # Not in the disk cache and the Hub cannot be reached.
         raise errors.HubUnavailable(
             f"the Hub cannot be reached to fetch {ref.repo_id}", retry_after=5
