@@ -75,5 +75,5 @@ def idempotency(key: str) -> str:
 
 
 def job_entry(job_id: str) -> str:
-    """Hash ``{pool, entry_id}``: where the router put the job, so a cancel can remove it unclaimed."""
+    """Hash ``{stream, entry_id}``: where the job is queued, so a cancel can remove it unclaimed."""
     return f"{PREFIX}:entry:{job_id}"

@@ -1,9 +1,16 @@
 """The queue protocol between the router and the workers, over Redis. Both sides live here.
 
-- A pool (one base model) has one stream, ``keys.pool_stream(pool)``, read by its workers
-  through the consumer group ``keys.WORKER_GROUP``. An entry's field ``job`` holds a ``Job``.
-- A worker acknowledges *and deletes* an entry once the job is settled, so ``XLEN`` counts the
-  jobs waiting or in hand: that is the bound the router enforces (429 past it).
+- A pool (one base model) has one shared stream, ``keys.pool_stream(pool)``, and each worker
+  has its own, ``keys.worker_stream(pool, worker_id)`` (adapter affinity: the router places a
+  job on the worker that holds its adapter). All are read through the consumer group
+  ``keys.WORKER_GROUP``. An entry's field ``job`` holds a ``Job``. A worker serves its own
+  stream first and the shared one when its own is empty.
+- The own stream of a dead worker is adopted by a live one of the pool (``reclaim``): its
+  claimed jobs after a short idle time, its unclaimed ones at once. A worker that stops hands
+  its unserved jobs back to the shared stream (``hand_back``).
+- A worker acknowledges *and deletes* an entry once the job is settled, so the ``XLEN`` of a
+  pool's streams counts the jobs waiting or in hand: that is the bound the router enforces
+  (429 past it).
 - A job claimed by a worker that died stays in the group's pending list; a live worker takes it
   over after a lease (``reclaim``). Past ``max_deliveries`` it goes to the dead-letter stream and
   gets a failed result, so nobody waits for it forever.
@@ -46,15 +53,40 @@ REDIS_RETRY_AFTER_S = 5.0
 #: Worker ids whose heartbeat is older than this are dropped from a pool's set.
 _PRUNE_WORKERS_S = 3600.0
 _RECLAIM_BATCH = 16
+#: Claimed entries of a dead worker's own stream idle at least this long are adopted.
+_ADOPT_MIN_IDLE_MS = 500
 
-# Atomic: refuse past the bound, else enqueue, mark queued, remember where the entry is.
+# Atomic: refuse past the bound (the pool's streams, KEYS[4..]), else enqueue on KEYS[1],
+# mark queued, remember where the entry is.
 _SUBMIT_LUA = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+local n = 0
+for i = 4, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
+if n >= tonumber(ARGV[1]) then return false end
 local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-redis.call('HSET', KEYS[3], 'pool', ARGV[5], 'entry_id', id)
+redis.call('HSET', KEYS[3], 'stream', KEYS[1], 'entry_id', id)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return id
+"""
+
+# Atomic: move a job back to the shared stream (KEYS[2]) from an entry held on KEYS[1].
+_HAND_BACK_LUA = """
+local id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('HSET', KEYS[3], 'stream', KEYS[2], 'entry_id', id)
+end
+return id
+"""
+
+# Atomic: forget a dead worker whose own stream is empty.
+_FORGET_LUA = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 # Atomic: delete the entry only while no worker holds it (not in the group's pending list).
@@ -138,6 +170,8 @@ class Delivery:
     entry_id: str
     job: Job
     deliveries: int
+    #: The stream the entry is on (the pool's, this worker's own, or an adopted one).
+    stream: str = ""
 
 
 class WorkerQueue:
@@ -149,59 +183,96 @@ class WorkerQueue:
         self.worker_id = worker_id
         self.max_deliveries = max_deliveries
         self.stream = keys.pool_stream(pool)
+        self.own = keys.worker_stream(pool, worker_id)
         self._publish = redis.register_script(_PUBLISH_LUA)
+        self._hand_back = redis.register_script(_HAND_BACK_LUA)
+        self._forget = redis.register_script(_FORGET_LUA)
 
     def ensure_group(self) -> None:
-        """Create the pool's stream and consumer group if missing (idempotent)."""
-        try:
-            self.redis.xgroup_create(self.stream, keys.WORKER_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the pool's and this worker's streams and consumer groups if missing (idempotent)."""
+        self._ensure_group(self.stream)
+        self._ensure_group(self.own)
 
-    def claim(self, block_ms: int) -> list[Delivery]:
-        """Take the next new job, waiting up to ``block_ms``; malformed entries are dead-lettered."""
-        reply: Any = self.redis.xreadgroup(
-            keys.WORKER_GROUP, self.worker_id, {self.stream: ">"}, count=1, block=block_ms
-        )
-        out: list[Delivery] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                delivery = self._delivery(_text(entry_id), fields, 1)
-                if delivery is not None:
-                    out.append(delivery)
+    def claim(self, block_ms: int, *, include_pool: bool = True, count: int = 32) -> list[Delivery]:
+        """Jobs placed on this worker (every one waiting, up to ``count``); when there are none and
+        ``include_pool``, the next job of the shared stream, waiting up to ``block_ms``.
+
+        Malformed entries are dead-lettered, not returned.
+        """
+        own = self._read({self.own: ">"}, count=count, block=None)
+        if own or not include_pool:
+            return own
+        return self._read({self.own: ">", self.stream: ">"}, count=1, block=block_ms)
+
+    def peek(self) -> Job | None:
+        """The next job of the shared stream that no worker has claimed yet (for prefetch)."""
+        groups: Any = self.redis.xinfo_groups(self.stream)
+        last = next((_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == keys.WORKER_GROUP), None)
+        if last is None:
+            return None
+        entries: Any = self.redis.xrange(self.stream, min=f"({last}", max="+", count=1)
+        for _entry_id, fields in entries:
+            try:
+                return Job.from_fields(fields)
+            except (ValueError, ValidationError):
+                return None
+        return None
+
+    def queued(self) -> list[Job]:
+        """Jobs on this worker's own stream (claimed or not), oldest first."""
+        entries: Any = self.redis.xrange(self.own, count=1000)
+        out = []
+        for _entry_id, fields in entries:
+            try:
+                out.append(Job.from_fields(fields))
+            except (ValueError, ValidationError):
+                continue
         return out
+
+    def hand_back(self, deliveries: list[Delivery]) -> None:
+        """Put jobs this worker holds but will not serve back on the shared stream (on shutdown)."""
+        for d in deliveries:
+            self._hand_back(
+                keys=[d.stream or self.stream, self.stream, keys.job_entry(d.job.id)],
+                args=[d.entry_id, d.job.model_dump_json(), keys.WORKER_GROUP],
+            )
+            log.info("event=handed_back job=%s", d.job.id)
+
+    def release(self) -> None:
+        """Leave the pool: stop being placed on, and hand back what is still on the own stream."""
+        self.redis.delete(keys.worker_state(self.worker_id))
+        self._ensure_group(self.own)
+        self.hand_back(self._read({self.own: ">"}, count=1000, block=None))
 
     def reclaim(self, min_idle_ms: int) -> list[Delivery]:
         """Take over jobs idle past ``min_idle_ms`` whose consumer is dead (no heartbeat).
 
-        Call it between jobs: this worker's own pending entries count as orphans of an earlier
-        process with the same id. A job delivered more than ``max_deliveries`` times is
+        Entries this worker holds itself are left alone (``recover`` takes those of an earlier
+        process with the same id, once at start). A job delivered more than ``max_deliveries`` times is
         dead-lettered with a failed result instead of being returned. Dead consumers left with
         nothing pending are removed from the group.
         """
+        adopted = self._adopt_orphans()
         pending: Any = self.redis.xpending_range(
             self.stream, keys.WORKER_GROUP, min="-", max="+", count=_RECLAIM_BATCH, idle=min_idle_ms
         )
         if not pending:
             self._forget_dead_consumers(min_idle_ms)
-            return []
+            return adopted
         consumers = {_text(p["consumer"]) for p in pending} - {self.worker_id}
         alive = self._alive(sorted(consumers))
-        out: list[Delivery] = []
+        out: list[Delivery] = adopted
         for p in pending:
-            if _text(p["consumer"]) in alive:
+            if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
                 continue
             entry_id = _text(p["message_id"])
             # min_idle_ms again: of two workers reclaiming the same entry, only the first gets it.
-            claimed: Any = self.redis.xclaim(
-                self.stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [entry_id]
-            )
+            claimed: Any = self.redis.xclaim(self.stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [entry_id])
             for claimed_id, fields in claimed:
                 if fields is None:
                     continue
                 deliveries = int(p["times_delivered"]) + 1
-                delivery = self._delivery(_text(claimed_id), fields, deliveries)
+                delivery = self._delivery(self.stream, _text(claimed_id), fields, deliveries)
                 if delivery is None:
                     continue
                 if deliveries > self.max_deliveries:
@@ -214,6 +285,25 @@ class WorkerQueue:
                         deliveries,
                     )
                     out.append(delivery)
+        return out
+
+    def recover(self) -> list[Delivery]:
+        """Jobs a previous process with this worker id claimed and never settled (a restarted pod)."""
+        out: list[Delivery] = []
+        for stream in (self.stream, self.own):
+            pending: Any = self.redis.xpending_range(
+                stream, keys.WORKER_GROUP, min="-", max="+", count=1000, consumername=self.worker_id
+            )
+            for p in pending:
+                claimed: Any = self.redis.xclaim(stream, keys.WORKER_GROUP, self.worker_id, 0, [_text(p["message_id"])])
+                for claimed_id, fields in claimed:
+                    delivery = self._delivery(stream, _text(claimed_id), fields, int(p["times_delivered"]) + 1)
+                    if delivery is None:
+                        continue
+                    if delivery.deliveries > self.max_deliveries:
+                        self._dead_letter_job(delivery)
+                    else:
+                        out.append(delivery)
         return out
 
     def is_cancelled(self, job_id: str) -> bool:
@@ -248,11 +338,12 @@ class WorkerQueue:
         )
         return bool(written)
 
-    def ack(self, entry_id: str) -> None:
+    def ack(self, entry_id: str, stream: str | None = None) -> None:
         """Settle an entry: acknowledge and delete it, so the stream length counts live jobs only."""
+        stream = stream or self.stream
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.stream, keys.WORKER_GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
+        pipe.xack(stream, keys.WORKER_GROUP, entry_id)
+        pipe.xdel(stream, entry_id)
         pipe.execute()
 
     def heartbeat(self, state: WorkerState, ttl_s: float) -> None:
@@ -266,13 +357,75 @@ class WorkerQueue:
         pipe.execute()
 
     def deregister(self) -> None:
-        """Leave the pool now instead of waiting for the heartbeat to expire."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(keys.worker_state(self.worker_id))
-        pipe.zrem(keys.pool_workers(self.pool), self.worker_id)
-        pipe.execute()
+        """Leave the pool now instead of waiting for the heartbeat to expire.
+
+        The worker stays a member of the pool's set until a live worker has adopted whatever
+        still reaches its own stream (a router may have placed a job on it a moment ago).
+        """
+        self.release()
 
     # --- helpers ---
+
+    def _ensure_group(self, stream: str) -> None:
+        try:
+            self.redis.xgroup_create(stream, keys.WORKER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _read(self, streams: dict[Any, Any], *, count: int, block: int | None) -> list[Delivery]:
+        reply: Any = self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=count, block=block)
+        if isinstance(reply, dict):  # RESP3
+            reply = list(reply.items())
+        out: list[Delivery] = []
+        for stream, entries in reply or []:
+            for entry_id, fields in entries:
+                delivery = self._delivery(_text(stream), _text(entry_id), fields, 1)
+                if delivery is not None:
+                    out.append(delivery)
+        return out
+
+    def _adopt_orphans(self) -> list[Delivery]:
+        """Jobs on the own streams of dead workers of the pool: claimed ones and unclaimed ones."""
+        members = keys.pool_workers(self.pool)
+        others = [m for m in map(_text, self.redis.zrange(members, 0, -1)) if m != self.worker_id]
+        alive = self._alive(others)
+        out: list[Delivery] = []
+        for worker_id in others:
+            if worker_id in alive:
+                continue
+            stream = keys.worker_stream(self.pool, worker_id)
+            if self._forget(keys=[stream, members, keys.worker_state(worker_id)], args=[worker_id]):
+                continue
+            self._ensure_group(stream)
+            out.extend(self._adopt_claimed(stream, worker_id))
+            out.extend(self._read({stream: ">"}, count=_RECLAIM_BATCH, block=None))
+        return out
+
+    def _adopt_claimed(self, stream: str, dead: str) -> list[Delivery]:
+        pending: Any = self.redis.xpending_range(stream, keys.WORKER_GROUP, min="-", max="+", count=_RECLAIM_BATCH)
+        holders = {_text(p["consumer"]) for p in pending} - {self.worker_id}
+        alive = self._alive(sorted(holders))
+        out: list[Delivery] = []
+        for p in pending:
+            if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
+                continue  # adopted already by a live worker (or by this one, in its backlog)
+            # A short min-idle: of two workers adopting the same entry, only the first gets it.
+            claimed: Any = self.redis.xclaim(
+                stream, keys.WORKER_GROUP, self.worker_id, _ADOPT_MIN_IDLE_MS, [_text(p["message_id"])]
+            )
+            for claimed_id, fields in claimed:
+                if fields is None:
+                    continue
+                delivery = self._delivery(stream, _text(claimed_id), fields, int(p["times_delivered"]) + 1)
+                if delivery is None:
+                    continue
+                if delivery.deliveries > self.max_deliveries:
+                    self._dead_letter_job(delivery)
+                else:
+                    log.info("event=adopted job=%s from=%s", delivery.job.id, dead)
+                    out.append(delivery)
+        return out
 
     def _forget_dead_consumers(self, min_idle_ms: int) -> None:
         # Worker ids change with every process; without this the group's consumer list only grows.
@@ -295,13 +448,13 @@ class WorkerQueue:
             pipe.exists(keys.worker_state(worker_id))
         return {w for w, n in zip(worker_ids, pipe.execute(), strict=True) if n}
 
-    def _delivery(self, entry_id: str, fields: dict[Any, Any], deliveries: int) -> Delivery | None:
+    def _delivery(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> Delivery | None:
         try:
             job = Job.from_fields(fields)
         except (ValueError, ValidationError) as exc:
-            self._dead_letter_malformed(entry_id, fields, exc)
+            self._dead_letter_malformed(stream, entry_id, fields, exc)
             return None
-        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries)
+        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries, stream=stream)
 
     def _dead_letter(self, entry_id: str, raw: bytes | str, reason: str, deliveries: int) -> None:
         self.redis.xadd(
@@ -333,9 +486,9 @@ class WorkerQueue:
             ),
             None,
         )
-        self.ack(delivery.entry_id)
+        self.ack(delivery.entry_id, delivery.stream)
 
-    def _dead_letter_malformed(self, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
+    def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
         raw = fields.get(b"job", fields.get("job", b""))
         log.warning("event=dead_letter entry=%s reason=malformed error=%s", entry_id, type(exc).__name__)
         self._dead_letter(entry_id, raw, "malformed", 1)
@@ -351,7 +504,7 @@ class WorkerQueue:
                 ),
                 None,
             )
-        self.ack(entry_id)
+        self.ack(entry_id, stream)
 
 
 def _salvage_job_id(raw: bytes | str) -> str | None:
@@ -425,27 +578,39 @@ class JobQueue:
                 log.warning("event=bad_heartbeat pool=%s", pool)
         return states
 
-    async def depth(self, pool: str) -> int:
-        """Jobs of the pool waiting or in hand."""
+    async def streams(self, pool: str) -> list[str]:
+        """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
         async with _redis_errors():
-            return int(await self.redis.xlen(keys.pool_stream(pool)))
+            members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
+        return [keys.pool_stream(pool), *(keys.worker_stream(pool, _text(m)) for m in members)]
 
-    async def submit(self, job: Job) -> str:
-        """Enqueue the job on its pool; returns the stream entry id.
+    async def depth(self, pool: str) -> int:
+        """Jobs of the pool waiting or in hand, on all its streams."""
+        streams = await self.streams(pool)
+        async with _redis_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xlen(stream)
+            return sum(int(n) for n in await pipe.execute())
 
-        Raises ``NoWorker`` when no live worker serves the pool and ``QueueFull`` at the bound,
-        both with ``retry_after``.
+    async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
+        """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
+
+        ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
+        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``.
         """
-        workers = [w for w in await self.live_workers(job.pool) if w.status != "draining"]
+        if workers is None:
+            workers = await self.live_workers(job.pool)
+        workers = [w for w in workers if w.status != "draining"]
         if not workers:
-            raise errors.NoWorker(
-                f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s)
-            )
+            raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
+        target = keys.worker_stream(job.pool, worker_id) if worker_id else keys.pool_stream(job.pool)
         queued = JobStatus(job_id=job.id, state="queued").model_dump_json()
+        counted = await self.streams(job.pool)
         async with _redis_errors():
             entry_id = await self._submit(
-                keys=[keys.pool_stream(job.pool), keys.job_status(job.id), keys.job_entry(job.id)],
-                args=[self.queue_max, job.model_dump_json(), queued, keys.RESULT_TTL_S, job.pool],
+                keys=[target, keys.job_status(job.id), keys.job_entry(job.id), *counted],
+                args=[self.queue_max, job.model_dump_json(), queued, keys.RESULT_TTL_S],
             )
         if entry_id is None:
             raise errors.QueueFull(
@@ -501,12 +666,12 @@ class JobQueue:
         """Cancel the job: workers drop it unrun. True when it was removed from its stream unclaimed."""
         async with _redis_errors():
             await self.redis.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
-            where = await self.redis.hmget(keys.job_entry(job_id), ["pool", "entry_id"])
+            where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
             if where[0] is None or where[1] is None:
                 return False
             cancelled = JobStatus(job_id=job_id, state="cancelled").model_dump_json()
             removed = await self._unqueue(
-                keys=[keys.pool_stream(_text(where[0])), keys.job_status(job_id)],
+                keys=[_text(where[0]), keys.job_status(job_id)],
                 args=[keys.WORKER_GROUP, _text(where[1]), cancelled, keys.RESULT_TTL_S],
             )
         return bool(removed)

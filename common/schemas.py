@@ -74,6 +74,14 @@ class AdapterRef(BaseModel):
         return f"{self.repo_id}@{self.revision}"
 
 
+def adapters_key(adapters: list[AdapterRef]) -> str | None:
+    """One key for a job's adapters (``repo@sha`` joined by ``+``); ``None`` for the plain base.
+
+    Placement compares these: a worker holding this key serves the job without a swap.
+    """
+    return "+".join(a.key for a in adapters) if adapters else None
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -154,6 +162,14 @@ class WorkerState(BaseModel):
     #: Adapter keys parsed and held in host memory (ready to apply without download).
     cached: list[str] = Field(default_factory=list)
     current_job: str | None = None
+    #: When the job in hand started (for the expected time left).
+    current_started_at: float | None = None
+    #: Adapter keys of the jobs waiting on this worker's own stream, oldest first (None: the base).
+    queued: list[str | None] = Field(default_factory=list)
+    #: When the adapters fused now were applied.
+    last_swap_at: float | None = None
+    #: Measured seconds to download and parse an adapter not held in host memory.
+    fetch_s: float | None = None
     queue_len: int = 0
     jobs_done: int = 0
     swap_s: float | None = None

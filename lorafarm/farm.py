@@ -105,13 +105,32 @@ class Farm:
             raise RuntimeError("redis-server is not installed (make run / make test install it)")
         data = self.config.state_dir / "redis"
         data.mkdir(exist_ok=True)
-        argv = [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--dir", str(data)]
+        argv = [
+            exe,
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(data),
+        ]
         _wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
 
     def start_devhub(self) -> None:
-        argv = [sys.executable, "-m", "devhub", "serve", "--root", str(self.config.zoo_dir),
-                "--port", str(self.devhub_port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "devhub",
+            "serve",
+            "--root",
+            str(self.config.zoo_dir),
+            "--port",
+            str(self.devhub_port),
+        ]
         _wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
 
     def start_router(self) -> None:
@@ -146,8 +165,9 @@ class Farm:
             self.check_alive()
             try:
                 status = httpx.get(f"{self.router_url}/status", timeout=5).json()
-                live = {p["pool"]: sum(1 for w in p["workers"] if w["status"] in ("ready", "busy"))
-                        for p in status["pools"]}
+                live = {
+                    p["pool"]: sum(1 for w in p["workers"] if w["status"] in ("ready", "busy")) for p in status["pools"]
+                }
                 if all(live.get(pool, 0) >= n for pool, n in wanted.items()):
                     return
             except (httpx.HTTPError, KeyError, ValueError):

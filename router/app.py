@@ -17,7 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.hub import HubResolver, hub_fetcher
 from common.queue import JobQueue, async_client
 from common.schemas import InferenceRequest
+from router import api_jobs, metrics, widget
 from router import errors as http_errors
+from router.fleet import Fleet
+from router.placement import Policy
 from router.routes import Services, router
 from router.settings import RouterSettings
 
@@ -89,7 +92,14 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
         ttl_s=settings.metadata_ttl_s,
         timeout_s=settings.hub_timeout_s,
     )
-    return Services(settings=settings, queue=queue, resolver=resolver), [client, waiter]
+    fleet = Fleet(
+        Policy(
+            affinity=settings.affinity,
+            max_queue=settings.affinity_max_queue,
+            stale_after_s=settings.worker_ttl_s,
+        )
+    )
+    return Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet), [client, waiter]
 
 
 def _install_openapi(app: FastAPI) -> None:
@@ -97,9 +107,7 @@ def _install_openapi(app: FastAPI) -> None:
     # does not see its model: add InferenceRequest and its parts to the components here.
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             body = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(body.pop("$defs", {}))
@@ -138,14 +146,24 @@ def create_app(settings: RouterSettings) -> FastAPI:
     )
     http_errors.install(app)
     app.include_router(router)
+    app.include_router(api_jobs.router)
+    app.include_router(widget.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed"],
+            expose_headers=[
+                "x-request-id",
+                "x-compute-time",
+                "x-worker-id",
+                "x-adapter-warm",
+                "x-seed",
+                "location",
+            ],
         )
+    metrics.install(app)
     app.add_middleware(RequestLog)
     _install_openapi(app)
     return app

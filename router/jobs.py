@@ -39,9 +39,7 @@ def parse_body(raw: bytes) -> InferenceRequest:
     except json.JSONDecodeError as exc:
         raise errors.InvalidRequest(f"the body is not JSON: {exc.msg} at character {exc.pos}") from exc
     if not isinstance(data, dict):
-        raise errors.InvalidRequest(
-            'the body must be a JSON object: {"inputs": "a prompt", "parameters": {...}}'
-        )
+        raise errors.InvalidRequest('the body must be a JSON object: {"inputs": "a prompt", "parameters": {...}}')
     try:
         # JSON escapes can spell lone surrogates, which no UTF-8 consumer downstream accepts.
         json.dumps(data, ensure_ascii=False).encode("utf-8")

@@ -139,9 +139,7 @@ def expected_finish_s(worker: WorkerView, adapter: str | None, policy: Policy, n
     return wait + swap + _or(worker.inference_s, policy.default_inference_s)
 
 
-def choose_worker(
-    adapter: str | None, workers: Iterable[WorkerView], policy: Policy, now: float
-) -> str | None:
+def choose_worker(adapter: str | None, workers: Iterable[WorkerView], policy: Policy, now: float) -> str | None:
     """The worker a job for ``adapter`` should go to; ``None``: the shared pool stream.
 
     A holder (adapter fused or queued there) that is not overloaded comes first; else, while

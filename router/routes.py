@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,8 +16,9 @@ from pydantic import BaseModel
 from common import errors
 from common.hub import HubResolver, Route, validate_repo_id
 from common.queue import JobQueue
-from common.schemas import InferenceRequest, WorkerState
+from common.schemas import InferenceRequest, Job, WorkerState
 from router.errors import responses
+from router.fleet import Fleet
 from router.jobs import MAX_BODY_BYTES, MEDIA_TYPES, build_job, compose, parse_body, pick_format, random_seed
 from router.settings import RouterSettings
 
@@ -30,6 +32,7 @@ class Services:
     settings: RouterSettings
     queue: JobQueue
     resolver: HubResolver
+    fleet: Fleet
 
 
 def services(request: Request) -> Services:
@@ -73,9 +76,7 @@ _IMAGE_HEADERS = {
 _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image, in the format the Accept header asks (jpeg by default).",
-        "content": {
-            media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()
-        },
+        "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
         "headers": _IMAGE_HEADERS,
     }
 }
@@ -212,12 +213,11 @@ async def resolve_all(
     return routes[0], list(routes[1:])
 
 
-async def generate(
-    request: Request, repo_id: str, body: InferenceRequest, *, prefer: tuple[str, ...]
-) -> Response:
-    """Resolve, enqueue, wait, answer the image (or the job's error)."""
+async def plan_job(
+    request: Request, repo_id: str, body: InferenceRequest, *, prefer: tuple[str, ...], timeout_s: float
+) -> Job:
+    """Resolve the repo and its composed adapters, then build the job (sync route and job API alike)."""
     svc = services(request)
-    settings = svc.settings
     request.state.repo = repo_id
     params = body.parameters
     specs = params.adapters or []
@@ -227,9 +227,25 @@ async def generate(
     )
     fmt = pick_format(request.headers.get("accept"))
     seed = params.seed if params.seed is not None else random_seed()
-    job = build_job(body, pool, adapters, fmt, seed=seed, timeout_s=settings.request_timeout_s)
+    job = build_job(body, pool, adapters, fmt, seed=seed, timeout_s=timeout_s)
     request.state.job_id = job.id
-    await svc.queue.submit(job)
+    return job
+
+
+async def enqueue(svc: Services, job: Job) -> str:
+    """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream."""
+    workers = await svc.queue.live_workers(job.pool)
+    target = svc.fleet.place(job.adapters, workers, time.time()) if svc.settings.affinity else None
+    return await svc.queue.submit(job, worker_id=target, workers=workers)
+
+
+async def generate(request: Request, repo_id: str, body: InferenceRequest, *, prefer: tuple[str, ...]) -> Response:
+    """Resolve, enqueue, wait, answer the image (or the job's error)."""
+    svc = services(request)
+    settings = svc.settings
+    job = await plan_job(request, repo_id, body, prefer=prefer, timeout_s=settings.request_timeout_s)
+    seed = job.seed
+    await enqueue(svc, job)
     try:
         found = await svc.queue.wait(job.id, settings.request_timeout_s, stop=request.is_disconnected)
     except asyncio.CancelledError:
@@ -250,7 +266,7 @@ async def generate(
         "x-adapter-warm": "true" if result.warm else "false",
         "x-seed": str(seed),
     }
-    return Response(image, media_type=result.content_type or MEDIA_TYPES[fmt], headers=headers)
+    return Response(image, media_type=result.content_type or MEDIA_TYPES[job.format], headers=headers)
 
 
 async def _cancel_quietly(queue: JobQueue, job_id: str) -> None:

@@ -40,7 +40,24 @@ class RouterSettings(CommonSettings):
         gt=0,
         description="Longest a request waits for its image; past it 504 and the job is cancelled.",
     )
+    job_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest a job of the async API (`POST /jobs`) may wait and run; past it workers drop it.",
+    )
+    event_streams_max: int = Field(
+        default=256,
+        ge=1,
+        description="Concurrent `GET /jobs/{id}/events` streams (one Redis connection each).",
+    )
     queue_max: int = Field(default=64, ge=1, description="Jobs waiting or in hand per pool; past it 429.")
+    affinity: bool = Field(
+        default=True,
+        description="Place each job on a worker that holds its adapter (false: any worker, the reference).",
+    )
+    affinity_max_queue: int = Field(
+        default=2, ge=1, description="Jobs on one worker (in hand and waiting) at which placement spills."
+    )
     metadata_ttl_s: float = Field(default=300.0, ge=0, description="Seconds a repo's Hub metadata is cached.")
     hub_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Hub metadata call.")
     max_adapter_bytes: int = Field(

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         stop.set()
         beat.join(timeout=settings.heartbeat_s + 1)
         try:
+            worker.hand_back()
             queue.deregister()
         except (redis.ConnectionError, redis.TimeoutError):
             pass

@@ -68,9 +68,7 @@ def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
 class SwapEngine:
     """Applies and removes adapters on one loaded pipeline; see the module docstring."""
 
-    def __init__(
-        self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30
-    ) -> None:
+    def __init__(self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30) -> None:
         self.pipe = pipe
         self.modules = target_modules(pipe)
         self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes)
@@ -108,18 +106,14 @@ class SwapEngine:
                 component: rows.to(getattr(self.pipe, component).get_input_embeddings().weight)
                 for component, rows in adapter.embeddings.items()
             }
-        return replace(
-            adapter, layers=layers, embeddings=embeddings, nbytes=adapter_nbytes(layers, embeddings)
-        )
+        return replace(adapter, layers=layers, embeddings=embeddings, nbytes=adapter_nbytes(layers, embeddings))
 
     def apply(self, adapters: Sequence[tuple[ParsedAdapter, float]], mode: Mode = "fused") -> SwapReport:
         """Make exactly these adapters, at these strengths, active; nothing happens if they already are."""
         start = time.perf_counter()
         if mode not in ("fused", "unfused"):
             raise ValueError(f"mode must be fused or unfused, not {mode!r}")
-        wanted = ActiveSet(
-            mode if adapters else "fused", tuple(sorted((a.key, float(s)) for a, s in adapters))
-        )
+        wanted = ActiveSet(mode if adapters else "fused", tuple(sorted((a.key, float(s)) for a, s in adapters)))
         with self._lock:
             if wanted == self._active:
                 return SwapReport(False, time.perf_counter() - start, wanted.mode, 0)

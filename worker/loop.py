@@ -11,7 +11,8 @@ import redis
 
 from common import errors
 from common.queue import Delivery, WorkerQueue
-from common.schemas import Job, JobResult, JobStatus, WorkerState
+from common.schemas import Job, JobResult, JobStatus, WorkerState, adapters_key
+from router.placement import order_queue
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
 from worker.settings import WorkerSettings
@@ -49,6 +50,10 @@ class Worker:
         self.inference_s: float | None = None
         self.redis_ok = False
         self.started_at = time.time()
+        self.current_started_at: float | None = None
+        self.last_swap_at: float | None = None
+        #: Jobs claimed and not yet served (placed on this worker, or adopted from a dead one).
+        self.backlog: list[Delivery] = []
 
     # --- the loop -------------------------------------------------------------------
 
@@ -56,28 +61,70 @@ class Worker:
         """Serve jobs until ``stop`` is set (or, in burst mode, until nothing is left to claim)."""
         backoff = 0.1
         next_reclaim = 0.0
+        grouped = recovered = False
         self.status = "ready"
         while not stop.is_set():
             try:
-                self.queue.ensure_group()
-                deliveries: list[Delivery] = []
+                if not grouped:
+                    self.queue.ensure_group()
+                    if not recovered:
+                        self.backlog += self.queue.recover()
+                        recovered = True
+                    grouped = True
                 if time.monotonic() >= next_reclaim:
-                    deliveries = self.queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
+                    self.backlog += self.queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
                     next_reclaim = time.monotonic() + self.settings.lease_s / 2
-                if not deliveries:
-                    deliveries = self.queue.claim(block_ms=self.settings.block_ms)
+                # Jobs placed on this worker first; the shared stream only when none wait here.
+                self.backlog += self.queue.claim(block_ms=self.settings.block_ms, include_pool=not self.backlog)
                 self.redis_ok = True
                 backoff = 0.1
-                if not deliveries and burst:
-                    return
-                for delivery in deliveries:
-                    self.serve(delivery)
+                if not self.backlog:
+                    if burst:
+                        return
+                    continue
+                delivery = self._next()
+                self._prefetch_after(delivery)
+                self.serve(delivery)
             except _REDIS_DOWN as exc:
-                self.redis_ok = False
+                self.redis_ok, grouped = False, False
                 log.warning("event=redis_down error=%r retry_in=%.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
         self.status = "draining"
+
+    def hand_back(self) -> None:
+        """Return the jobs claimed but not served to the pool's shared stream (on shutdown)."""
+        if self.backlog:
+            self.queue.hand_back(self.backlog)
+            self.backlog = []
+
+    def _next(self) -> Delivery:
+        """The backlog job to serve now: those for the fused adapters first, none starved."""
+        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+        current = adapters_key(self._fused_refs())
+        first = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)[0]
+        delivery = next(d for d in self.backlog if d.job.id == first.job_id)
+        self.backlog.remove(delivery)
+        return delivery
+
+    def _prefetch_after(self, delivery: Delivery) -> None:
+        """Fetch and parse the next job's adapters while this one runs."""
+        if not self.settings.prefetch:
+            return
+        following: Job | None = None
+        if self.backlog:
+            queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+            plan = order_queue(
+                adapters_key(delivery.job.adapters), queued, time.time(), self.settings.reorder_max_age_s
+            )
+            following = next(d.job for d in self.backlog if d.job.id == plan[0].job_id)
+        else:
+            following = self.queue.peek()
+        for ref in following.adapters if following else []:
+            self.swapper.prefetch(ref)
+
+    def _fused_refs(self) -> list[Any]:
+        return self.swapper.active_refs()
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -88,26 +135,43 @@ class Worker:
         """
         job = delivery.job
         if self._dropped(job):
-            self._finish(delivery, JobResult(job_id=job.id, status="cancelled", worker_id=self.worker_id,
-                                             error="the job was cancelled before it ran",
-                                             error_type=errors.JobCancelled.error_type), None)
+            self._finish(
+                delivery,
+                JobResult(
+                    job_id=job.id,
+                    status="cancelled",
+                    worker_id=self.worker_id,
+                    error="the job was cancelled before it ran",
+                    error_type=errors.JobCancelled.error_type,
+                ),
+                None,
+            )
             return
-        self.status, self.current_job = "busy", job.id
+        self.status, self.current_job, self.current_started_at = "busy", job.id, time.time()
         self.metrics.queue_wait_seconds.observe(max(0.0, time.time() - job.enqueued_at))
         self.queue.set_status(JobStatus(job_id=job.id, state="running", worker_id=self.worker_id))
         try:
             self._run_job(delivery)
         except errors.LorafarmError as exc:
             log.info("event=job_failed job=%s error_type=%s error=%s", job.id, exc.error_type, exc.message)
-            self._finish(delivery, JobResult(job_id=job.id, status="failed", worker_id=self.worker_id,
-                                             error=exc.message, error_type=exc.error_type), None)
+            self._finish(
+                delivery,
+                JobResult(
+                    job_id=job.id,
+                    status="failed",
+                    worker_id=self.worker_id,
+                    error=exc.message,
+                    error_type=exc.error_type,
+                ),
+                None,
+            )
         except _REDIS_DOWN:
             raise
         except Exception:
             log.exception("event=job_crashed job=%s deliveries=%d", job.id, delivery.deliveries)
             self.metrics.job("crashed")
         finally:
-            self.status, self.current_job = "ready", None
+            self.status, self.current_job, self.current_started_at = "ready", None, None
 
     def _run_job(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -116,33 +180,54 @@ class Worker:
         if outcome.changed:
             self.metrics.swaps.inc()
             self.swap_s = _ewma(self.swap_s, outcome.seconds)
+            self.last_swap_at = time.time()
         self.metrics.swap_seconds.observe(outcome.seconds)
         infer_start = time.perf_counter()
         cancelled = threading.Event()
-        image = generate(self.pipe, job, default_steps=self.settings.default_steps,
-                         on_step=self._progress(job, cancelled))
+        image = generate(
+            self.pipe, job, default_steps=self.settings.default_steps, on_step=self._progress(job, cancelled)
+        )
         inference_s = time.perf_counter() - infer_start
         self.metrics.inference_seconds.observe(inference_s)
         self.inference_s = _ewma(self.inference_s, inference_s)
         if cancelled.is_set():
-            self._finish(delivery, JobResult(job_id=job.id, status="cancelled", worker_id=self.worker_id,
-                                             error="the job was cancelled while it ran",
-                                             error_type=errors.JobCancelled.error_type), None)
+            self._finish(
+                delivery,
+                JobResult(
+                    job_id=job.id,
+                    status="cancelled",
+                    worker_id=self.worker_id,
+                    error="the job was cancelled while it ran",
+                    error_type=errors.JobCancelled.error_type,
+                ),
+                None,
+            )
             return
         data, content_type = encode(image, job.format)
         result = JobResult(
-            job_id=job.id, status="done", content_type=content_type, worker_id=self.worker_id,
-            warm=not outcome.changed, swap_s=outcome.seconds, inference_s=inference_s,
+            job_id=job.id,
+            status="done",
+            content_type=content_type,
+            worker_id=self.worker_id,
+            warm=not outcome.changed,
+            swap_s=outcome.seconds,
+            inference_s=inference_s,
             compute_s=time.perf_counter() - start,
         )
         self._finish(delivery, result, data)
-        log.info("event=job_done job=%s adapters=%s warm=%s swap_s=%.4f inference_s=%.3f",
-                 job.id, ",".join(r.key for r in job.adapters) or "-", result.warm, outcome.seconds, inference_s)
+        log.info(
+            "event=job_done job=%s adapters=%s warm=%s swap_s=%.4f inference_s=%.3f",
+            job.id,
+            ",".join(r.key for r in job.adapters) or "-",
+            result.warm,
+            outcome.seconds,
+            inference_s,
+        )
 
     def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
         if not self.queue.publish_result(result, image):
             log.info("event=duplicate_result job=%s", result.job_id)
-        self.queue.ack(delivery.entry_id)
+        self.queue.ack(delivery.entry_id, delivery.stream)
         self.metrics.job(result.status)
         self.jobs_done += 1
 
@@ -160,8 +245,9 @@ class Worker:
             if step < steps and now - last < self.settings.progress_interval_s:
                 return False
             last = now
-            self.queue.set_status(JobStatus(job_id=job.id, state="running", step=step, steps=steps,
-                                            worker_id=self.worker_id))
+            self.queue.set_status(
+                JobStatus(job_id=job.id, state="running", step=step, steps=steps, worker_id=self.worker_id)
+            )
             if self.queue.is_cancelled(job.id):
                 cancelled.set()
             return cancelled.is_set()
@@ -175,11 +261,25 @@ class Worker:
         return self.settings.worker_id
 
     def state(self) -> WorkerState:
+        """This worker's heartbeat; ``queued`` is read from its own stream (claimed or not)."""
+        queued = [adapters_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
         return WorkerState(
-            worker_id=self.worker_id, pool=self.settings.base, status=self.status,  # type: ignore[arg-type]
-            device=self.device, fused=self.swapper.active(), cached=self.swapper.cached(),
-            current_job=self.current_job, jobs_done=self.jobs_done, swap_s=self.swap_s,
-            inference_s=self.inference_s, started_at=self.started_at,
+            worker_id=self.worker_id,
+            pool=self.settings.base,
+            status=self.status,  # type: ignore[arg-type]
+            device=self.device,
+            fused=self.swapper.active(),
+            cached=self.swapper.cached(),
+            current_job=self.current_job,
+            current_started_at=self.current_started_at,
+            queued=queued,
+            queue_len=len(queued),
+            last_swap_at=self.last_swap_at,
+            jobs_done=self.jobs_done,
+            swap_s=self.swap_s,
+            fetch_s=self.swapper.fetch_s(),
+            inference_s=self.inference_s,
+            started_at=self.started_at,
         )
 
     def heartbeat_forever(self, stop: threading.Event) -> None:

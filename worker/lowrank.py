@@ -35,9 +35,7 @@ class LowRankPath:
         x = args[0]
         for down, up, scale in self.terms:
             if isinstance(module, torch.nn.Conv2d):
-                hidden = F.conv2d(
-                    x.to(down.dtype), down, None, module.stride, module.padding, module.dilation
-                )
+                hidden = F.conv2d(x.to(down.dtype), down, None, module.stride, module.padding, module.dilation)
                 delta = F.conv2d(hidden, up)
             else:
                 delta = F.linear(F.linear(x.to(down.dtype), down), up)

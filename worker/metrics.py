@@ -18,7 +18,10 @@ class WorkerMetrics:
         self.registry = registry or CollectorRegistry()
         labels = {"pool": pool}
         self.jobs = Counter(
-            "lorafarm_worker_jobs", "Jobs finished by this worker.", ["pool", "status"], registry=self.registry
+            "lorafarm_worker_jobs",
+            "Jobs finished by this worker.",
+            ["pool", "status"],
+            registry=self.registry,
         )
         self.swap_seconds = Histogram(
             "lorafarm_swap_duration_seconds",
@@ -45,7 +48,10 @@ class WorkerMetrics:
             "lorafarm_adapter_swaps", "Jobs that needed an adapter swap.", ["pool"], registry=self.registry
         ).labels(**labels)
         self.ready = Gauge(
-            "lorafarm_worker_ready", "1 when the base is warm and Redis reachable.", ["pool"], registry=self.registry
+            "lorafarm_worker_ready",
+            "1 when the base is warm and Redis reachable.",
+            ["pool"],
+            registry=self.registry,
         ).labels(**labels)
         self.pool = pool
 

@@ -63,7 +63,7 @@ def load_base(settings: WorkerSettings) -> DiffusionPipeline:
     return pipe
 
 
-def generate(pipe: DiffusionPipeline, job: Job, *, default_steps: int, on_step: StepHook | None = None) -> Image.Image:
+def generate(pipe: Any, job: Job, *, default_steps: int, on_step: StepHook | None = None) -> Image.Image:
     """Run the pipeline for one job; the same job (seed included) gives the same image."""
     steps = job.num_inference_steps or default_steps
     kwargs: dict[str, Any] = {

@@ -16,7 +16,7 @@ def start_probe(host: str, port: int, *, ready: Callable[[], bool], registry: Co
     """Serve the probe routes in a daemon thread; returns the server (``shutdown()`` to stop)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self._send(200, b"ok\n", "text/plain")
             elif self.path == "/ready":

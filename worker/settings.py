@@ -41,6 +41,11 @@ class WorkerSettings(CommonSettings):
     progress_interval_s: float = Field(
         default=0.25, ge=0, description="Least seconds between two step-progress events of a job."
     )
+    reorder_max_age_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Jobs queued on a worker for its fused adapter go first, unless one waited this long.",
+    )
     prefetch: bool = Field(default=True, description="Fetch and parse the next job's adapter during a job.")
     worker_port: int = Field(
         default=9100, ge=0, le=65535, description="Port of the worker's /health, /ready, /metrics (0: off)."
@@ -48,5 +53,5 @@ class WorkerSettings(CommonSettings):
     worker_host: str = Field(default="127.0.0.1", description="Bind address of the worker's probe server.")
     stock_swap: bool = Field(
         default=False,
-        description="Reference behaviour for benchmarks: diffusers load+fuse / unfuse+unload on every change.",
+        description="Reference behaviour (benchmarks): diffusers load+fuse, unfuse+unload on every change.",
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
 from huggingface_hub import errors as hf_errors
+from huggingface_hub import hf_hub_download
 
 from common import errors
 from common.schemas import AdapterRef
@@ -31,6 +32,8 @@ class AdapterStore:
         self._lock = threading.Lock()
         self._inflight: dict[str, Future[ParsedAdapter]] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        #: Smoothed seconds to download, parse and stage an adapter (None until the first).
+        self.fetch_s: float | None = None
 
     def get(self, ref: AdapterRef) -> ParsedAdapter:
         """The parsed, staged adapter; waits for a prefetch of it already under way."""
@@ -65,6 +68,7 @@ class AdapterStore:
             self._inflight.pop(key, None)
 
     def _load(self, ref: AdapterRef) -> ParsedAdapter:
+        start = time.perf_counter()
         weights = fetch_file(self._settings, ref, ref.weight_name)
         embeddings = fetch_file(self._settings, ref, ref.embeddings_name) if ref.embeddings_name else None
         parsed = read_adapter(
@@ -77,20 +81,18 @@ class AdapterStore:
         )
         parsed = self._engine.stage(parsed)
         self.cache.put(ref.key, parsed)
+        seconds = time.perf_counter() - start
+        self.fetch_s = seconds if self.fetch_s is None else 0.7 * self.fetch_s + 0.3 * seconds
         log.info("event=adapter_loaded adapter=%s bytes=%d", ref.key, parsed.nbytes)
         return parsed
 
 
 def fetch_file(settings: WorkerSettings, ref: AdapterRef, filename: str | None) -> Path:
-    """Download one adapter file of ``ref`` (or take it from the disk cache): safetensors only, size capped."""
+    """One adapter file of ``ref``, downloaded or from the disk cache: safetensors only, size capped."""
     if not filename or not filename.endswith(".safetensors"):
-        raise errors.UnsafeAdapterFormat(
-            f"{ref.repo_id} has no .safetensors weights; other formats are never loaded"
-        )
+        raise errors.UnsafeAdapterFormat(f"{ref.repo_id} has no .safetensors weights; other formats are never loaded")
     if ref.size is not None and ref.size > settings.max_adapter_bytes:
-        raise errors.AdapterTooLarge(
-            f"{ref.repo_id}: {ref.size} bytes is over the cap of {settings.max_adapter_bytes}"
-        )
+        raise errors.AdapterTooLarge(f"{ref.repo_id}: {ref.size} bytes is over the cap of {settings.max_adapter_bytes}")
     try:
         return Path(
             hf_hub_download(
@@ -106,9 +108,7 @@ def fetch_file(settings: WorkerSettings, ref: AdapterRef, filename: str | None) 
         if isinstance(exc.__cause__, hf_errors.DisabledRepoError):
             raise errors.DisabledRepo(f"{ref.repo_id} is disabled") from exc
         # Not in the disk cache and the Hub cannot be reached.
-        raise errors.HubUnavailable(
-            f"the Hub cannot be reached to fetch {ref.repo_id}", retry_after=5
-        ) from exc
+        raise errors.HubUnavailable(f"the Hub cannot be reached to fetch {ref.repo_id}", retry_after=5) from exc
     except hf_errors.GatedRepoError as exc:
         raise errors.GatedRepo(f"{ref.repo_id} is gated") from exc
     except hf_errors.DisabledRepoError as exc:

@@ -26,9 +26,13 @@ class Swapper(Protocol):
 
     def active(self) -> list[str]: ...
 
+    def active_refs(self) -> list[AdapterRef]: ...
+
     def prefetch(self, ref: AdapterRef) -> None: ...
 
     def cached(self) -> list[str]: ...
+
+    def fetch_s(self) -> float | None: ...
 
 
 def _wanted(refs: list[AdapterRef]) -> tuple[tuple[str, float], ...]:
@@ -42,6 +46,7 @@ class EngineSwapper:
         self.engine = engine
         self.store = store
         self._active: tuple[tuple[str, float], ...] = ()
+        self._refs: list[AdapterRef] = []
 
     def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
         wanted = _wanted(refs)
@@ -53,11 +58,14 @@ class EngineSwapper:
             self.engine.apply(parsed)
         else:
             self.engine.restore()
-        self._active = wanted
+        self._active, self._refs = wanted, list(refs)
         return SwapOutcome(True, time.perf_counter() - start)
 
     def active(self) -> list[str]:
         return [key for key, _ in self._active]
+
+    def active_refs(self) -> list[AdapterRef]:
+        return list(self._refs)
 
     def prefetch(self, ref: AdapterRef) -> None:
         self.store.prefetch(ref)
@@ -65,14 +73,18 @@ class EngineSwapper:
     def cached(self) -> list[str]:
         return self.store.holds()
 
+    def fetch_s(self) -> float | None:
+        return self.store.fetch_s
+
 
 class StockSwapper:
-    """The reference system: diffusers ``load_lora_weights`` + ``fuse_lora`` / ``unfuse_lora`` + ``unload``."""
+    """The reference system: diffusers load_lora_weights + fuse_lora, then unfuse_lora + unload."""
 
     def __init__(self, pipe: Any, settings: WorkerSettings) -> None:
         self.pipe = pipe
         self.settings = settings
         self._active: tuple[tuple[str, float], ...] = ()
+        self._refs: list[AdapterRef] = []
 
     def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
         wanted = _wanted(refs)
@@ -90,14 +102,20 @@ class StockSwapper:
                 self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             self.pipe.set_adapters(names, [ref.scale for ref in refs])
             self.pipe.fuse_lora(adapter_names=names)
-        self._active = wanted
+        self._active, self._refs = wanted, list(refs)
         return SwapOutcome(True, time.perf_counter() - start)
 
     def active(self) -> list[str]:
         return [key for key, _ in self._active]
+
+    def active_refs(self) -> list[AdapterRef]:
+        return list(self._refs)
 
     def prefetch(self, ref: AdapterRef) -> None:
         return
 
     def cached(self) -> list[str]:
         return []
+
+    def fetch_s(self) -> float | None:
+        return None

@@ -1,0 +1,355 @@
+"""The asynchronous job API: ``POST /jobs`` → 202 and a ``Location``; status, result, events, cancel.
+
+A job is the sync route's job (same body, same resolution, same ``Job``), enqueued without
+waiting. Its state lives in Redis (``keys.job_status``), so any router replica answers for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from common import errors
+from common.queue import async_client
+from common.schemas import InferenceRequest, JobState, JobStatus
+from router.errors import responses
+from router.events import TERMINAL, job_events
+from router.jobs import MEDIA_TYPES, parse_body
+from router.routes import Services, authorize, enqueue, plan_job, read_body, services
+from router.tracker import JobTracker
+
+MAX_IDEMPOTENCY_KEY = 255
+
+JobId = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="Job id, from `POST /jobs`.")]
+
+
+class JobRequest(InferenceRequest):
+    """The sync route's body plus ``model``: a LoRA or a served base (default: the ``lora`` header or base)."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=200, description="Repo id to run.")
+
+
+class JobView(BaseModel):
+    """A job as the API shows it; fields without a value are left out."""
+
+    id: str
+    status: JobState
+    model: str | None = Field(default=None, description="Repo id named (in the answer to `POST /jobs`).")
+    seed: int | None = Field(default=None, description="Seed used (in the answer to `POST /jobs`).")
+    position: int | None = Field(
+        default=None, description="While queued: jobs ahead of it in its pool's queue (waiting or in hand)."
+    )
+    step: int | None = Field(default=None, description="While running: denoising steps done.")
+    steps: int | None = Field(default=None, description="While running: denoising steps in all.")
+    worker_id: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    compute_time: float | None = Field(default=None, description="When done: seconds of swap and inference.")
+    adapter_warm: bool | None = Field(default=None, description="When done: the adapters were already fused.")
+    updated_at: float | None = None
+
+
+# --- OpenAPI declarations -----------------------------------------------------------------
+
+
+def _job_request_body() -> dict[str, Any]:
+    # The body is read raw (like the sync routes); its parts are components (router.app).
+    schema = JobRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "The sync route's body plus `model` (JSON, whatever the Content-Type says).",
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+_VIEW = {"model": JobView}
+_RESULT_HEADERS = {
+    name: {"description": text, "schema": {"type": "string"}}
+    for name, text in {
+        "x-request-id": "Job id.",
+        "x-compute-time": "Seconds the worker spent (swap and inference).",
+        "x-worker-id": "Worker that generated the image.",
+        "x-adapter-warm": "true when the adapters were already fused (no swap).",
+    }.items()
+}
+_LOOKUP_ERRORS = (errors.InvalidRequest, errors.Unauthorized, errors.JobNotFound, errors.RedisUnavailable)
+_SUBMIT_ERRORS = responses(
+    errors.InvalidRequest,
+    errors.Unauthorized,
+    errors.RepoNotFound,
+    errors.GatedRepo,
+    errors.PrivateRepo,
+    errors.DisabledRepo,
+    errors.UnsupportedModel,
+    errors.BaseNotServed,
+    errors.UnsafeAdapterFormat,
+    errors.AdapterTooLarge,
+    errors.AdapterIncompatible,
+    errors.QueueFull,
+    errors.NoWorker,
+    errors.RedisUnavailable,
+    errors.HubUnavailable,
+)
+_RESULT_ERRORS = responses(
+    *_LOOKUP_ERRORS,
+    errors.JobNotReady,
+    errors.JobCancelled,
+    errors.UnsafeAdapterFormat,
+    errors.AdapterCorrupt,
+    errors.AdapterIncompatible,
+    errors.AdapterTooLarge,
+    errors.DisabledRepo,
+    errors.HubUnavailable,
+    errors.JobFailed,
+    errors.InternalError,
+)
+
+
+# --- wiring -------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Runs inside the app's lifespan, so the services exist already.
+    svc: Services = app.state.services
+    settings = svc.settings
+    # Each event stream holds one pub/sub connection: a pool of their own keeps them from
+    # starving the short commands; past the bound a stream waits, then answers 503.
+    events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)
+    app.state.tracker = JobTracker(svc.queue.redis, events, scan_max=settings.queue_max)
+    try:
+        yield
+    finally:
+        await events.aclose()
+
+
+router = APIRouter(lifespan=_lifespan, tags=["jobs"], dependencies=[Depends(authorize)])
+
+
+def tracker(request: Request) -> JobTracker:
+    return request.app.state.tracker
+
+
+def _location(request: Request, job_id: str) -> str:
+    return f"{request.scope.get('root_path', '')}/jobs/{job_id}"
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/jobs",
+    summary="Enqueue a generation; answers 202 at once with the job's id and a Location",
+    status_code=202,
+    response_model=JobView,
+    response_model_exclude_none=True,
+    responses={
+        202: {"description": "Enqueued (or, with a known Idempotency-Key, the job it made before)."},
+        **_SUBMIT_ERRORS,
+    },
+    openapi_extra=_job_request_body(),
+)
+async def create_job(
+    request: Request,
+    lora: Annotated[str | None, Header(description="LoRA to apply when the body names no model.")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=MAX_IDEMPOTENCY_KEY,
+            description="A retry with the same key returns the job the first request made.",
+        ),
+    ] = None,
+) -> Response:
+    svc, track = services(request), tracker(request)
+    model, body = parse_job_body(await read_body(request))
+    key = idempotency_key.strip() if idempotency_key else None
+    if key:
+        existing = await track.lookup(key)
+        if existing is not None:
+            return await _replay(request, existing)
+    base = svc.settings.base
+    repo_id, prefer = (model, ()) if model else ((lora or "").strip() or base, (base,))
+    job = await plan_job(request, repo_id, body, prefer=prefer, timeout_s=svc.settings.job_timeout_s)
+    if key:
+        existing = await track.bind(key, job.id)
+        if existing is not None:
+            return await _replay(request, existing)
+    try:
+        await enqueue(svc, job)
+    except errors.LorafarmError:
+        if key:
+            await track.unbind(key, job.id)
+        raise
+    view = JobView(id=job.id, status="queued", model=repo_id, seed=job.seed, position=await track.position(job.id))
+    return _answer(view, 202, {"Location": _location(request, job.id)})
+
+
+@router.get(
+    "/jobs/{job_id}",
+    summary="The job's state: queued (position), running (step k of n), done, failed, cancelled",
+    response_model=JobView,
+    response_model_exclude_none=True,
+    responses=responses(*_LOOKUP_ERRORS),
+)
+async def get_job(request: Request, job_id: JobId) -> Response:
+    return _answer(await view_of(request, job_id), 200)
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="The image of a done job (409 while it is queued or running)",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The image, in the format the Accept header of `POST /jobs` asked.",
+            "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in MEDIA_TYPES.values()},
+            "headers": _RESULT_HEADERS,
+        },
+        **_RESULT_ERRORS,
+    },
+)
+async def get_result(request: Request, job_id: JobId) -> Response:
+    svc = services(request)
+    request.state.job_id = job_id
+    found = await svc.queue.result(job_id)
+    if found is None:
+        status = await svc.queue.status(job_id)
+        if status is None:
+            raise errors.JobNotFound(f"no job {job_id} (or its result expired)")
+        if status.state == "cancelled":
+            raise errors.JobCancelled("the job was cancelled")
+        raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
+    result, image = found
+    if result.status != "done" or image is None:
+        raise errors.error_from_type(result.error_type or "internal_error", result.error or "the job failed")
+    headers = {
+        "x-request-id": job_id,
+        "x-compute-time": f"{result.compute_s:.3f}",
+        "x-worker-id": result.worker_id or "",
+        "x-adapter-warm": "true" if result.warm else "false",
+    }
+    return Response(image, media_type=result.content_type or "application/octet-stream", headers=headers)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Server-Sent Events of the job's states, in order, ending with done, failed or cancelled",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`data:` lines hold the job's state as JSON (the fields of `GET /jobs/{id}`); "
+            "`:` lines are keep-alive comments.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **responses(*_LOOKUP_ERRORS),
+    },
+)
+async def get_events(request: Request, job_id: JobId) -> StreamingResponse:
+    svc = services(request)
+    request.state.job_id = job_id
+    if await svc.queue.status(job_id) is None:
+        raise errors.JobNotFound(f"no job {job_id} (or it expired)")
+
+    async def read(job: str) -> JobStatus | None:
+        return await status_with_position(request, job)
+
+    body = job_events(tracker(request), read, job_id, max_s=svc.settings.job_timeout_s + 60)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel the job: 200 once cancelled (or already over), 202 while a running job stops",
+    response_model=JobView,
+    response_model_exclude_none=True,
+    responses={
+        202: {"description": "Cancel asked; the worker stops at its next step.", **_VIEW},
+        **responses(*_LOOKUP_ERRORS),
+    },
+)
+async def cancel_job(request: Request, job_id: JobId) -> Response:
+    svc = services(request)
+    request.state.job_id = job_id
+    status = await svc.queue.status(job_id)
+    if status is None:
+        raise errors.JobNotFound(f"no job {job_id} (or it expired)")
+    if status.state in TERMINAL:
+        return _answer(await view_of(request, job_id), 200)
+    if await svc.queue.cancel(job_id):
+        # Removed unclaimed: no worker will say so, so tell the event streams here.
+        cancelled = await svc.queue.status(job_id) or JobStatus(job_id=job_id, state="cancelled")
+        await tracker(request).announce(cancelled)
+    view = await view_of(request, job_id)
+    return _answer(view, 200 if view.status in TERMINAL else 202)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def parse_job_body(raw: bytes) -> tuple[str | None, InferenceRequest]:
+    """``model`` and the sync route's body, validated by the sync route's own parser."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        parse_body(raw)  # raises the sync route's message for this body
+        raise errors.InvalidRequest("the body must be a JSON object")
+    model = data.pop("model", None)
+    if model is not None and (not isinstance(model, str) or not model.strip() or len(model) > 200):
+        raise errors.InvalidRequest("model: a repo id (a string of at most 200 characters)")
+    return (model.strip() if model else None), parse_body(json.dumps(data).encode())
+
+
+async def status_with_position(request: Request, job_id: str) -> JobStatus | None:
+    """The stored status, with the queue position filled in while queued."""
+    status = await services(request).queue.status(job_id)
+    if status is not None and status.state == "queued":
+        status.position = await tracker(request).position(job_id)
+    return status
+
+
+async def view_of(request: Request, job_id: str) -> JobView:
+    request.state.job_id = job_id
+    status = await status_with_position(request, job_id)
+    if status is None:
+        raise errors.JobNotFound(f"no job {job_id} (or it expired)")
+    view = JobView(
+        id=job_id,
+        status=status.state,
+        position=status.position,
+        step=status.step,
+        steps=status.steps,
+        worker_id=status.worker_id,
+        error=status.error,
+        error_type=status.error_type,
+        updated_at=status.updated_at,
+    )
+    if status.state == "done":
+        found = await services(request).queue.result(job_id)
+        if found is not None:
+            view.compute_time, view.adapter_warm = round(found[0].compute_s, 4), found[0].warm
+    return view
+
+
+async def _replay(request: Request, job_id: str) -> Response:
+    try:
+        view = await view_of(request, job_id)
+    except errors.JobNotFound:
+        view = JobView(id=job_id, status="queued")  # bound a moment ago, not enqueued yet
+    headers = {"Location": _location(request, job_id), "Idempotent-Replayed": "true"}
+    return _answer(view, 202, headers)
+
+
+def _answer(view: JobView, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(view.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)

@@ -1,0 +1,103 @@
+"""Redis reads and writes of the async job API beyond the queue protocol.
+
+Idempotency keys, a queued job's position, and the job's event channel (``keys.job_events``),
+which the workers publish to and the events route listens on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from common import errors, keys
+from common.queue import REDIS_RETRY_AFTER_S
+from common.schemas import JobStatus
+
+# Delete the key only while it still names this job (a retry may have bound it since).
+_UNBIND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@asynccontextmanager
+async def redis_errors() -> AsyncIterator[None]:
+    """Turn a Redis outage into ``RedisUnavailable`` (503 with ``Retry-After``)."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise errors.RedisUnavailable(
+            "the job queue is unavailable, try again shortly", retry_after=REDIS_RETRY_AFTER_S
+        ) from exc
+
+
+class JobTracker:
+    """``redis`` serves short commands; ``events`` (a pool of its own) one pub/sub connection per stream."""
+
+    def __init__(self, redis: aioredis.Redis, events: aioredis.Redis, *, scan_max: int) -> None:
+        self.redis = redis
+        self.events = events
+        self.scan_max = scan_max
+        self._unbind = redis.register_script(_UNBIND_LUA)
+
+    async def lookup(self, key: str) -> str | None:
+        """The job id an idempotency key names, if any."""
+        async with redis_errors():
+            raw = await self.redis.get(keys.idempotency(key))
+        return None if raw is None else _text(raw)
+
+    async def bind(self, key: str, job_id: str) -> str | None:
+        """Bind the key to ``job_id`` unless it is bound; returns the job it already named (None: bound now)."""
+        async with redis_errors():
+            for _ in range(3):
+                if await self.redis.set(keys.idempotency(key), job_id, nx=True, ex=keys.RESULT_TTL_S):
+                    return None
+                raw = await self.redis.get(keys.idempotency(key))
+                if raw is not None:
+                    return _text(raw)
+        return None  # pragma: no cover (the key expired three times in a row)
+
+    async def unbind(self, key: str, job_id: str) -> None:
+        """Free the key when its job could not be enqueued, so a retry makes a new one."""
+        async with redis_errors():
+            await self._unbind(keys=[keys.idempotency(key)], args=[job_id])
+
+    async def position(self, job_id: str) -> int | None:
+        """Jobs ahead of this one on the stream it waits on (waiting or in hand); None once it left it."""
+        async with redis_errors():
+            stream, entry_id = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+            if stream is None or entry_id is None:
+                return None
+            entry = _text(entry_id)
+            pipe = self.redis.pipeline(transaction=False)
+            # Streams are bounded (queue_max per pool), so this range is short.
+            pipe.xrange(_text(stream), "-", f"({entry}", count=self.scan_max)
+            pipe.xrange(_text(stream), entry, entry, count=1)
+            ahead, mine = await pipe.execute()
+        return len(ahead) if mine else None
+
+    async def announce(self, status: JobStatus) -> None:
+        """Publish a state the router set itself (a cancel before any worker took the job)."""
+        async with redis_errors():
+            await self.redis.publish(keys.job_events(status.job_id), status.model_dump_json())
+
+    @asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[PubSub]:
+        """The job's event channel, subscribed (read the stored status *after* this to miss nothing)."""
+        pubsub = self.events.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with redis_errors():
+                await pubsub.subscribe(keys.job_events(job_id))
+            yield pubsub
+        finally:
+            with suppress(redis.ConnectionError, redis.TimeoutError):
+                await pubsub.aclose()

@@ -1,0 +1,83 @@
+"""Adapter affinity with two real workers: jobs follow their adapter, and a dead holder loses nothing."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lorafarm.farm import Farm, FarmConfig
+
+pytestmark = pytest.mark.slow
+
+BODY = {"inputs": "an elephant", "parameters": {"num_inference_steps": 2, "seed": 3}}
+
+
+@pytest.fixture(scope="module")
+def pair(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    farm = Farm(
+        FarmConfig(
+            state_dir=tmp_path_factory.mktemp("farm-affinity"),
+            zoo_dir=zoo_dir,
+            pools=["tiny/sdxl-base"],
+            workers_per_pool=2,
+            env={
+                "LORAFARM_DEFAULT_STEPS": "2",
+                "LORAFARM_HEARTBEAT_S": "0.3",
+                "LORAFARM_WORKER_TTL_S": "2",
+                "LORAFARM_LEASE_S": "3",
+            },
+        )
+    )
+    try:
+        farm.start()
+        yield farm
+    finally:
+        farm.stop()
+
+
+def post(farm: Farm, repo: str, body: dict | None = None) -> httpx.Response:
+    return httpx.post(f"{farm.router_url}/models/{repo}", json=body or BODY, timeout=120)
+
+
+def holders(farm: Farm, repo: str) -> list[str]:
+    status = httpx.get(f"{farm.router_url}/status", timeout=10).json()
+    return [
+        w["worker_id"]
+        for p in status["pools"]
+        for w in p["workers"]
+        if any(k.startswith(repo + "@") for k in w["fused"])
+    ]
+
+
+def test_repeated_requests_for_an_adapter_land_where_it_is(pair: Farm) -> None:
+    first = post(pair, "tiny/sdxl-lora-a")
+    assert first.status_code == 200, first.text
+    holder = first.headers["x-worker-id"]
+    time.sleep(1.0)  # one heartbeat: the router learns who holds it
+    assert holders(pair, "tiny/sdxl-lora-a") == [holder]
+    for _ in range(4):
+        again = post(pair, "tiny/sdxl-lora-a")
+        assert again.headers["x-worker-id"] == holder
+        assert again.headers["x-adapter-warm"] == "true"
+        assert again.content == first.content
+
+
+def test_killing_the_holder_mid_stream_loses_no_job(pair: Farm) -> None:
+    first = post(pair, "tiny/sdxl-lora-b")
+    assert first.status_code == 200, first.text
+    holder = first.headers["x-worker-id"]
+    time.sleep(1.0)
+    body = {"inputs": "an elephant", "parameters": {"num_inference_steps": 30, "seed": 3}}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(post, pair, "tiny/sdxl-lora-b", body) for _ in range(6)]
+        time.sleep(1.5)  # jobs are placed on the holder; one is running
+        pair.kill(holder)
+        answers = [f.result() for f in futures]
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers if r.status_code != 200]
+    assert {r.headers["x-worker-id"] for r in answers} - {holder}, "the survivor served the rest"
+    assert len({r.content for r in answers}) == 1

@@ -1,0 +1,135 @@
+"""Adapter affinity over a real redis-server: per-worker streams, adoption from dead workers, hand-back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from common import errors, keys
+from common.queue import JobQueue, WorkerQueue, async_client, sync_client
+from common.schemas import AdapterRef, Job, WorkerState
+from router.fleet import Fleet
+from router.placement import Policy
+
+pytestmark = pytest.mark.anyio
+
+A = AdapterRef(repo_id="tiny/sdxl-lora-a", revision="a" * 40, weight_name="w.safetensors")
+B = AdapterRef(repo_id="tiny/sdxl-lora-b", revision="b" * 40, weight_name="w.safetensors")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def pool() -> str:
+    return f"test/affinity-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
+    client = sync_client(redis_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def jobs(redis_server: str) -> AsyncIterator[JobQueue]:
+    client: aioredis.Redis = async_client(redis_server)
+    yield JobQueue(client, worker_ttl_s=30, queue_max=10)
+    await client.aclose()
+
+
+def worker(r: redis.Redis, pool: str, name: str, *, fused: list[str] | None = None) -> WorkerQueue:
+    q = WorkerQueue(r, pool, name)
+    q.ensure_group()
+    q.heartbeat(WorkerState(worker_id=name, pool=pool, fused=fused or []), ttl_s=30)
+    return q
+
+
+def job(pool: str, *adapters: AdapterRef) -> Job:
+    return Job(pool=pool, adapters=list(adapters), prompt="p", seed=1)
+
+
+async def test_placed_job_reaches_the_chosen_worker_only(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
+    w1 = worker(sync_redis, pool, "w1", fused=[A.key])
+    w2 = worker(sync_redis, pool, "w2", fused=[B.key])
+    fleet = Fleet(Policy(stale_after_s=30))
+    live = await jobs.live_workers(pool)
+    j = job(pool, A)
+    target = fleet.place(j.adapters, live, time.time())
+    assert target == "w1"
+    await jobs.submit(j, worker_id=target, workers=live)
+    assert w2.claim(block_ms=10) == []
+    got = w1.claim(block_ms=10)
+    assert [d.job.id for d in got] == [j.id]
+    assert got[0].stream == keys.worker_stream(pool, "w1")
+    assert await jobs.depth(pool) == 1
+    w1.ack(got[0].entry_id, got[0].stream)
+    assert await jobs.depth(pool) == 0
+
+
+async def test_own_stream_before_the_shared_one(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
+    w1 = worker(sync_redis, pool, "w1")
+    shared, placed = job(pool, B), job(pool, A)
+    await jobs.submit(shared)
+    await jobs.submit(placed, worker_id="w1")
+    assert [d.job.id for d in w1.claim(block_ms=10)] == [placed.id]
+    assert [d.job.id for d in w1.claim(block_ms=10, include_pool=False)] == []
+    assert [d.job.id for d in w1.claim(block_ms=10)] == [shared.id]
+
+
+async def test_jobs_of_a_dead_worker_are_adopted(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
+    dead = worker(sync_redis, pool, "dead")
+    live = worker(sync_redis, pool, "live")
+    claimed, unclaimed = job(pool, A), job(pool, A)
+    await jobs.submit(claimed, worker_id="dead")
+    assert [d.job.id for d in dead.claim(block_ms=10)] == [claimed.id]
+    await jobs.submit(unclaimed, worker_id="dead")
+    sync_redis.delete(keys.worker_state("dead"))  # its heartbeat expired: it died
+    time.sleep(0.6)  # past the adoption idle time of claimed entries
+    adopted = live.reclaim(min_idle_ms=60_000)
+    assert sorted(d.job.id for d in adopted) == sorted([claimed.id, unclaimed.id])
+    by_id = {d.job.id: d for d in adopted}
+    assert by_id[claimed.id].deliveries == 2
+    for d in adopted:
+        live.ack(d.entry_id, d.stream)
+    # Nothing left: the dead worker's stream and membership are forgotten on the next round.
+    assert live.reclaim(min_idle_ms=60_000) == []
+    assert not sync_redis.exists(keys.worker_stream(pool, "dead"))
+    assert sync_redis.zscore(keys.pool_workers(pool), "dead") is None
+
+
+async def test_a_stopping_worker_hands_its_jobs_back(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
+    leaving = worker(sync_redis, pool, "leaving")
+    staying = worker(sync_redis, pool, "staying")
+    held, late = job(pool, A), job(pool, B)
+    await jobs.submit(held, worker_id="leaving")
+    backlog = leaving.claim(block_ms=10)
+    await jobs.submit(late, worker_id="leaving")
+    leaving.hand_back(backlog)
+    leaving.deregister()
+    got = staying.claim(block_ms=10) + staying.claim(block_ms=10)
+    assert sorted(d.job.id for d in got) == sorted([held.id, late.id])
+    assert all(d.stream == keys.pool_stream(pool) for d in got)
+    # A cancel still finds the job where it now is.
+    fresh = job(pool, A)
+    await jobs.submit(fresh, worker_id="staying")
+    assert await jobs.cancel(fresh.id)
+
+
+async def test_queue_bound_counts_every_stream(sync_redis: redis.Redis, redis_server: str, pool: str) -> None:
+    worker(sync_redis, pool, "w1")
+    client = async_client(redis_server)
+    small = JobQueue(client, worker_ttl_s=30, queue_max=2)
+    await small.submit(job(pool, A), worker_id="w1")
+    await small.submit(job(pool, B))
+    with pytest.raises(errors.QueueFull):
+        await small.submit(job(pool, A), worker_id="w1")
+    await client.aclose()
