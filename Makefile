@@ -28,8 +28,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) system-deps
 
-# Debian packages when missing: redis-server (>= 6.2); docker-compose (validates compose files offline).
-APT_PKGS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v docker-compose),,docker-compose)
+# Debian packages when missing: redis-server (>= 6.2); docker-compose (validates compose files offline);
+# chromium (the widget's browser test drives it through Playwright; no browser download).
+APT_PKGS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v docker-compose),,docker-compose) \
+            $(if $(shell command -v chromium),,chromium chromium-driver)
 system-deps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  echo "installing $(strip $(APT_PKGS))"; \

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -305,6 +305,17 @@ class WorkerQueue:
                     else:
                         out.append(delivery)
         return out
+
+    def retry(self, delivery: Delivery) -> Delivery | None:
+        """Deliver again, to this worker, a job that crashed it; past ``max_deliveries`` it is
+        dead-lettered with a failed result instead, and None is returned."""
+        again = replace(delivery, deliveries=delivery.deliveries + 1)
+        if again.deliveries > self.max_deliveries:
+            self._dead_letter_job(again)
+            return None
+        # Claimed again by itself: Redis counts the delivery, as a worker adopting the job would see.
+        self.redis.xclaim(again.stream or self.stream, keys.WORKER_GROUP, self.worker_id, 0, [again.entry_id])
+        return again
 
     def is_cancelled(self, job_id: str) -> bool:
         """Whether the router cancelled the job (nobody waits for it any more)."""

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from lorafarm import generate
 from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
 
 ZOO_STAMP = ".zoo-built"
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")
     p_run.add_argument("--state", default=str(REPO_ROOT / ".farm"), help="logs, Redis data, Hub cache")
     p_run.set_defaults(func=run)
+    p_gen = sub.add_parser("generate", help="generate one image through a router's job API, with a progress bar")
+    generate.add_arguments(p_gen)
+    p_gen.set_defaults(func=generate.run)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

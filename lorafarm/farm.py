@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -39,6 +40,8 @@ class FarmConfig:
     env: dict[str, str] = field(default_factory=dict)
     worker_env: dict[str, str] = field(default_factory=dict)
     router_env: dict[str, str] = field(default_factory=dict)
+    #: Start Redis with ``--requirepass``; every service then gets the password in its Redis URL.
+    redis_password: str | None = None
 
 
 class Farm:
@@ -59,7 +62,8 @@ class Farm:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        auth = f":{quote(self.config.redis_password, safe='')}@" if self.config.redis_password else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     @property
     def hub_url(self) -> str:
@@ -118,9 +122,12 @@ class Farm:
             "--dir",
             str(data),
         ]
+        if self.config.redis_password:
+            argv += ["--requirepass", self.config.redis_password]
         _wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
 
-    def start_devhub(self) -> None:
+    def start_devhub(self, *, delay_ms: int = 0) -> None:
+        """Start the devhub; ``delay_ms`` makes it answer every request that much later (a slow Hub)."""
         argv = [
             sys.executable,
             "-m",
@@ -130,6 +137,8 @@ class Farm:
             str(self.config.zoo_dir),
             "--port",
             str(self.devhub_port),
+            "--delay-ms",
+            str(delay_ms),
         ]
         _wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
 
@@ -191,22 +200,35 @@ class Farm:
         self.signal(name, signal.SIGKILL)
         self.procs[name].wait()
 
+    def terminate(self, name: str, timeout: float = 15.0) -> int:
+        """SIGTERM one process and wait for it (SIGKILL past ``timeout``); returns its exit code."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            self.signal(name, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM everything started (workers and router first, Redis last), then SIGKILL stragglers."""
-        order = sorted(self.procs, key=lambda n: (n == "redis", n == "devhub"))
-        for name in order:
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc._farm_stopped = True  # type: ignore[attr-defined]
-                proc.terminate()
+        """SIGTERM everything started, then SIGKILL stragglers: workers and router first, so that
+        they can settle the jobs in hand while Redis is still up, then the devhub and Redis."""
+        last = ("devhub", "redis")
         deadline = time.monotonic() + timeout
-        for name in order:
-            proc = self.procs[name]
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for phase in ([n for n in self.procs if n not in last], [n for n in last if n in self.procs]):
+            for name in phase:
+                proc = self.procs[name]
+                if proc.poll() is None:
+                    proc._farm_stopped = True  # type: ignore[attr-defined]
+                    proc.terminate()
+            for name in phase:
+                proc = self.procs[name]
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:

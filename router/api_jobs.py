@@ -79,6 +79,7 @@ _RESULT_HEADERS = {
         "x-compute-time": "Seconds the worker spent (swap and inference).",
         "x-worker-id": "Worker that generated the image.",
         "x-adapter-warm": "true when the adapters were already fused (no swap).",
+        "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
     }.items()
 }
 _LOOKUP_ERRORS = (errors.InvalidRequest, errors.Unauthorized, errors.JobNotFound, errors.RedisUnavailable)
@@ -236,6 +237,7 @@ async def get_result(request: Request, job_id: JobId) -> Response:
         "x-compute-time": f"{result.compute_s:.3f}",
         "x-worker-id": result.worker_id or "",
         "x-adapter-warm": "true" if result.warm else "false",
+        "x-swap-time": f"{result.swap_s:.4f}",
     }
     return Response(image, media_type=result.content_type or "application/octet-stream", headers=headers)
 

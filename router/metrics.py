@@ -179,12 +179,16 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        crashed = False
         try:
             await self.app(scope, receive, send_status)
+        except Exception:
+            crashed = True  # answered 500 by the outermost handler, after this middleware
+            raise
         finally:
             route = scope.get("route")
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            error_type = (scope.get("state") or {}).get("error_type") or ""
+            error_type = (scope.get("state") or {}).get("error_type") or ("internal_error" if crashed else "")
             method = scope.get("method", "")
             self.metrics.observe(method, template, status, error_type, time.perf_counter() - start)
 

@@ -71,6 +71,7 @@ _IMAGE_HEADERS = {
         "x-worker-id": "Worker that generated the image.",
         "x-adapter-warm": "true when the adapters were already fused (no swap).",
         "x-seed": "Seed used (random when the request named none).",
+        "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
     }.items()
 }
 _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -130,8 +131,19 @@ router = APIRouter()
     openapi_extra=_REQUEST_BODY,
     dependencies=[Depends(authorize)],
 )
-async def generate_model(repo_id: str, request: Request) -> Response:
+async def generate_model(
+    repo_id: str,
+    request: Request,
+    lora: Annotated[
+        str | None, Header(description="LoRA repo id to apply; the repo of the path is then its preferred base.")
+    ] = None,
+) -> Response:
     body = parse_body(await read_body(request))
+    lora = (lora or "").strip()
+    if lora and lora != repo_id:
+        # A Hub client aimed at a base with the LoRA in a header (`InferenceClient(headers={"lora": ...})`).
+        validate_repo_id(repo_id)
+        return await generate(request, lora, body, prefer=(repo_id,))
     return await generate(request, repo_id, body, prefer=())
 
 
@@ -265,6 +277,7 @@ async def generate(request: Request, repo_id: str, body: InferenceRequest, *, pr
         "x-worker-id": result.worker_id or "",
         "x-adapter-warm": "true" if result.warm else "false",
         "x-seed": str(seed),
+        "x-swap-time": f"{result.swap_s:.4f}",
     }
     return Response(image, media_type=result.content_type or MEDIA_TYPES[job.format], headers=headers)
 

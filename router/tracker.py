@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -99,5 +100,7 @@ class JobTracker:
                 await pubsub.subscribe(keys.job_events(job_id))
             yield pubsub
         finally:
-            with suppress(redis.ConnectionError, redis.TimeoutError):
+            # Shielded: a client that goes away cancels the stream, and an unshielded close would
+            # then stop at its first await and never give the connection back to the pool.
+            with anyio.move_on_after(5, shield=True), suppress(redis.ConnectionError, redis.TimeoutError):
                 await pubsub.aclose()

@@ -34,6 +34,16 @@ _PAGE_HEADERS = {
 }
 _HTML: dict[int | str, dict[str, Any]] = {200: {"description": "An HTML page.", "content": {"text/html": {}}}}
 
+
+def _json_errors(*types: type[errors.LorafarmError]) -> dict[int | str, dict[str, Any]]:
+    # An HTML route's error answers are still JSON ``{"error", "error_type"}``: say so (not text/html).
+    out = responses(*types)
+    for entry in out.values():
+        entry.pop("model", None)
+        entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return out
+
+
 router = APIRouter(tags=["widget"])
 
 
@@ -49,7 +59,7 @@ def _root(request: Request) -> str:
 _INDEX_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_HTML,
     303: {"description": "With `model`: to that model's widget."},
-    **responses(errors.InvalidRequest),
+    **_json_errors(errors.InvalidRequest),
 }
 
 
@@ -99,7 +109,7 @@ async def index(request: Request, model: str | None = None) -> Response:
     "/widget/{repo_id:path}",
     summary="The widget of one model: prompt, advanced options, Compute, live progress, the image",
     response_class=HTMLResponse,
-    responses={**_HTML, **responses(errors.InvalidRequest)},
+    responses={**_HTML, **_json_errors(errors.InvalidRequest)},
 )
 async def widget(request: Request, repo_id: str) -> HTMLResponse:
     validate_repo_id(repo_id)

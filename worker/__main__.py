@@ -67,13 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
     if settings.worker_port:
         start_probe(settings.worker_host, settings.worker_port, ready=worker.ready, registry=metrics.registry)
-    beat = threading.Thread(target=worker.heartbeat_forever, args=(stop,), name="heartbeat", daemon=True)
+    # The heartbeat outlives ``stop``: while the job in hand finishes, this worker must still look
+    # alive, or a live worker of the pool would adopt that job and run it a second time.
+    beat_stop = threading.Event()
+    beat = threading.Thread(target=worker.heartbeat_forever, args=(beat_stop,), name="heartbeat", daemon=True)
     beat.start()
     log.info("event=worker_started worker=%s pool=%s", settings.worker_id, settings.base)
     try:
         worker.run(stop, burst=burst)
     finally:
         stop.set()
+        beat_stop.set()
         beat.join(timeout=settings.heartbeat_s + 1)
         try:
             worker.hand_back()

@@ -19,6 +19,7 @@ import torch
 
 from common.errors import InvalidRequest
 from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
+from worker.fusion import FusedWriter, compute_dtype
 from worker.lowrank import LowRankPath, Term
 from worker.pristine import PristinePolicy, PristineStore
 from worker.tokens import PivotalTokens
@@ -73,6 +74,7 @@ class SwapEngine:
         self.modules = target_modules(pipe)
         self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes)
         self._tokens = PivotalTokens(pipe)
+        self._writer = FusedWriter()
         self._fused: dict[str, Signature] = {}
         self._paths: dict[str, tuple[Signature, LowRankPath]] = {}
         self._active = ActiveSet()
@@ -98,7 +100,7 @@ class SwapEngine:
         layers: dict[str, LoraLayer] = {}
         for target, layer in adapter.layers.items():
             weight = weight_of(self.modules[target])
-            down = layer.down.to(device=weight.device, dtype=weight.dtype)
+            down = layer.down.to(device=weight.device, dtype=compute_dtype(weight))
             layers[target] = LoraLayer(down, layer.up.to(down), layer.scale)
         embeddings = None
         if adapter.embeddings is not None:
@@ -154,7 +156,7 @@ class SwapEngine:
                     weight = weight_of(self.modules[target])
                     base = self._pristine.keep(target, weight)
                     self._fused[target] = ()  # restored by _reset if the write fails midway
-                    _write(weight, base, terms)
+                    self._writer.write(weight, base, terms)
                     self._fused[target] = signature
                     touched += 1
         for target, (signature, terms) in unfused_plan.items():
@@ -187,31 +189,6 @@ def _plan(staged: Sequence[tuple[ParsedAdapter, float]]) -> dict[str, tuple[Sign
             scale = strength * layer.scale
             plan[target] = ((*signature, (adapter.key, scale)), [*terms, (layer.down, layer.up, scale)])
     return plan
-
-
-def _write(weight: torch.Tensor, base: torch.Tensor, terms: Sequence[Term]) -> None:
-    """weight = base + sum(scale * up @ down) in one pass (conv kernels as 2-D matrices)."""
-    if not weight.is_contiguous():  # e.g. a channels_last conv: compute aside, then copy in
-        with torch.no_grad():
-            flat = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
-            _write(flat, base.contiguous(), terms)
-            weight.copy_(flat)
-        return
-    out = weight.view(weight.shape[0], -1)
-    base2d = base.view(base.shape[0], -1)
-    if len(terms) == 1:
-        down, up, scale = terms[0]
-        down2d, up2d = down.reshape(down.shape[0], -1), up.reshape(up.shape[0], -1)
-    else:
-        # one product over the concatenated ranks: a single rounding of the sum, not one per adapter
-        up2d = torch.cat([(u.reshape(u.shape[0], -1).float() * s).to(u.dtype) for _, u, s in terms], dim=1)
-        down2d = torch.cat([d.reshape(d.shape[0], -1) for d, _, _ in terms], dim=0)
-        scale = 1.0
-    if base2d.device == out.device:
-        torch.addmm(base2d, up2d, down2d, alpha=scale, out=out)
-    else:  # pristine copy in pinned host memory
-        out.copy_(base2d, non_blocking=True)
-        out.addmm_(up2d, down2d, alpha=scale)
 
 
 def _sync() -> None:

@@ -130,8 +130,8 @@ class Worker:
         """Run one job to a published result, then acknowledge it.
 
         A job that fails for its own reasons (bad adapter...) gets a failed result and is
-        acknowledged. An unexpected crash leaves it pending: it is delivered again after the
-        lease and dead-lettered after ``max_deliveries``.
+        acknowledged. An unexpected crash leaves it pending and delivers it again (to this worker)
+        until ``max_deliveries``, then dead-letters it with a failed result.
         """
         job = delivery.job
         if self._dropped(job):
@@ -170,6 +170,9 @@ class Worker:
         except Exception:
             log.exception("event=job_crashed job=%s deliveries=%d", job.id, delivery.deliveries)
             self.metrics.job("crashed")
+            again = self.queue.retry(delivery)
+            if again is not None:
+                self.backlog.append(again)
         finally:
             self.status, self.current_job, self.current_started_at = "ready", None, None
 

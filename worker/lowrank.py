@@ -40,5 +40,5 @@ class LowRankPath:
             else:
                 delta = F.linear(F.linear(x.to(down.dtype), down), up)
             # same order as PEFT's forward: base + lora_B(lora_A(x)) * scaling
-            output = output + delta * scale
+            output = output + (delta * scale).to(output.dtype)
         return output

@@ -92,9 +92,7 @@ def test_negative_capacity_is_refused() -> None:
         max_size=60,
     ),
 )
-def test_bytes_never_exceed_capacity_and_match_a_model(
-    capacity: int, ops: list[tuple[str, str, int]]
-) -> None:
+def test_bytes_never_exceed_capacity_and_match_a_model(capacity: int, ops: list[tuple[str, str, int]]) -> None:
     evicted: list[tuple[str, bytes]] = []
     cache = make(capacity, evicted)
     model: dict[str, int] = {}  # key -> size, in recency order

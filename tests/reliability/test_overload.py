@@ -1,0 +1,92 @@
+"""Overload: a bounded queue answers 429 with Retry-After; the router's memory stays bounded; /health stays fast."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from lorafarm.farm import Farm
+from tests.reliability.tools import (
+    SDXL,
+    RssSampler,
+    assert_clean,
+    assert_error,
+    body,
+    burst_summary,
+    post,
+    redis_client,
+    rss_mb,
+    start_burst,
+)
+
+pytestmark = pytest.mark.slow
+
+QUEUE_MAX = 8  # the farm's LORAFARM_QUEUE_MAX
+#: Growth of the router's resident memory allowed under a burst of 1,000 requests.
+RSS_GROWTH_MB = 40.0
+HEALTH_BOUND_S = 0.050
+
+
+@pytest.mark.timeout(120)
+def test_past_the_queue_bound_429_with_retry_after(one_worker: Farm) -> None:
+    farm = one_worker
+    with ThreadPoolExecutor(QUEUE_MAX + 6) as pool:
+        answers = list(pool.map(lambda i: post(farm, SDXL, body(steps=12, seed=i)), range(QUEUE_MAX + 6)))
+    codes = sorted(a.status_code for a in answers)
+    assert set(codes) == {200, 429}, codes
+    assert codes.count(200) >= QUEUE_MAX
+    for answer in answers:
+        if answer.status_code == 429:
+            error = assert_error(answer, 429, "queue_full")
+            assert str(QUEUE_MAX) in error["error"]
+    assert_clean(redis_client(farm))
+
+
+@pytest.mark.timeout(180)
+def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm) -> None:
+    farm = one_worker
+    pid = farm.procs["router"].pid
+    # Warm the router up first (imports, pools, caches), so the baseline is its steady state.
+    for seed in range(3):
+        assert post(farm, SDXL, body(seed=seed)).status_code == 200
+    baseline = rss_mb(pid)
+    with RssSampler(pid) as rss:
+        proc = start_burst(f"{farm.router_url}/models/{SDXL}", 1000, 100, body())
+        summary = burst_summary(proc, timeout=150)
+    print(f"rss baseline={baseline:.1f}MB peak={rss.peak:.1f}MB after={rss_mb(pid):.1f}MB burst={summary}")
+    assert summary["transport_errors"] == 0
+    assert set(summary["statuses"]) <= {"200", "429"}, summary
+    assert sum(summary["statuses"].values()) == 1000
+    assert summary["statuses"].get("429", 0) > 0
+    assert summary["no_retry_after"] == 0
+    assert rss.peak - baseline < RSS_GROWTH_MB
+    assert farm.procs["router"].poll() is None
+    assert_clean(redis_client(farm), timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Farm) -> None:
+    farm = two_workers
+    probes: list[float] = []
+    proc = start_burst(f"{farm.router_url}/models/{SDXL}", 300, 32, body(steps=6))
+    with httpx.Client(base_url=farm.router_url, timeout=5) as client:
+        client.get("/health")  # connection made before timing
+        while proc.poll() is None:
+            start = time.perf_counter()
+            resp = client.get("/health")
+            probes.append(time.perf_counter() - start)
+            assert resp.status_code == 200
+            time.sleep(0.01)
+    summary = burst_summary(proc)
+    print(
+        f"health probes={len(probes)} median={statistics.median(probes) * 1000:.1f}ms "
+        f"max={max(probes) * 1000:.1f}ms burst={summary}"
+    )
+    # Saturated indeed: the queue was full and turned requests away while we probed.
+    assert summary["statuses"].get("429", 0) > 0
+    assert len(probes) >= 100
+    assert max(probes) < HEALTH_BOUND_S

@@ -1,0 +1,79 @@
+"""Redis killed and started again (same port, same append-only file): nothing accepted is lost."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import redis
+
+from lorafarm.farm import Farm
+from tests.reliability.tools import (
+    SDXL,
+    assert_clean,
+    assert_error,
+    body,
+    busy_workers,
+    log,
+    post,
+    queue_state,
+    ran,
+    redis_client,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+OUTAGE_S = 4.0
+
+
+@pytest.mark.timeout(150)
+def test_redis_restart_every_accepted_job_completes(two_workers: Farm) -> None:
+    farm = two_workers
+    client = redis_client(farm)
+    with ThreadPoolExecutor(4) as pool:
+        # Two jobs in the workers' hands and two waiting when Redis dies.
+        accepted = [pool.submit(post, farm, SDXL, body(steps=30, seed=40 + i)) for i in range(4)]
+        wait_until(lambda: queue_state(client)[0] == 4, 20, what="4 jobs accepted")
+        wait_until(lambda: len(busy_workers(farm)) == 2, 20, what="both workers busy")
+        farm.kill("redis")
+        down = time.monotonic()
+
+        # While it is down: a clear 503 with Retry-After, the router stays up.
+        refused = post(farm, SDXL, body(seed=49), timeout=20)
+        assert_error(refused, 503, "redis_unavailable")
+        assert httpx.get(f"{farm.router_url}/health", timeout=5).status_code == 200
+        assert_error(httpx.get(f"{farm.router_url}/ready", timeout=10), 503, "redis_unavailable")
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
+
+        farm.start_redis()  # same port, same directory: the append-only file is replayed
+        back = time.monotonic()
+        answers = [f.result(timeout=90) for f in accepted]
+    recovered_s = time.monotonic() - back
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    for answer in answers:
+        assert len(ran(farm, answer.headers["x-request-id"])) >= 1
+    assert farm.procs["router"].poll() is None
+    # Workers rode out the outage with a growing backoff, then reconnected.
+    for name in {a.headers["x-worker-id"] for a in answers}:
+        waits = [float(s) for s in re.findall(r"event=redis_down .* retry_in=([\d.]+)s", log(farm, name))]
+        assert waits and max(waits) > min(waits), waits
+    assert post(farm, SDXL).status_code == 200
+    assert_clean(client)
+    print(f"outage_s={back - down:.1f} recovered_s={recovered_s:.1f}")
+
+
+def test_redis_password_is_required_and_never_logged(farm: Farm) -> None:
+    """The farm's Redis wants a password: every service got it through its URL, and none prints it."""
+    bare = redis.Redis(host="127.0.0.1", port=farm.redis_port, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        bare.ping()
+    assert redis_client(farm).ping()
+    password = farm.config.redis_password
+    assert password
+    for path in farm.logs.glob("*.log"):
+        if path.stem != "redis":
+            assert password not in path.read_text(errors="replace"), path.name

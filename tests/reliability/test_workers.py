@@ -1,0 +1,151 @@
+"""Workers that die, stop, or meet a job that crashes them: nothing lost, nothing run twice, nothing stuck."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from common import keys
+from common.queue import JobQueue, async_client
+from common.schemas import Job
+from lorafarm.farm import Farm
+from tests.reliability.tools import (
+    SDXL,
+    SLOW_STEPS,
+    assert_clean,
+    assert_error,
+    body,
+    busy_workers,
+    log,
+    post,
+    ran,
+    redis_client,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm) -> None:
+    farm = two_workers
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=11))
+        holder, job_id = wait_until(lambda: next(iter(busy_workers(farm).items()), None), 20, what="a busy worker")
+        farm.kill(holder)  # SIGKILL: no chance to hand anything back
+        killed = time.monotonic()
+        resp = pending.result(timeout=90)
+    recovered_s = time.monotonic() - killed
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-request-id"] == job_id
+    survivor = resp.headers["x-worker-id"]
+    assert survivor != holder
+    # Written once: only the survivor generated it, and nobody published a second result.
+    assert ran(farm, job_id) == [survivor]
+    assert "event=duplicate_result" not in log(farm, survivor)
+    assert_clean(redis_client(farm))
+    print(f"recovered_s={recovered_s:.1f}")
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clean(two_workers: Farm) -> None:
+    farm = two_workers
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=21))
+        holder, first_id = wait_until(lambda: next(iter(busy_workers(farm).items()), None), 20, what="a busy worker")
+        farm.signal(holder, signal.SIGTERM)
+        stopped = time.monotonic()
+        second = pool.submit(post, farm, SDXL, body(steps=4, seed=22))
+        first_resp, second_resp = first.result(timeout=90), second.result(timeout=90)
+    exit_code = farm.procs[holder].wait(30)
+    assert exit_code == 0
+    # The job in hand was finished by the stopping worker, and only by it (its heartbeat went on
+    # while it drained, so nobody adopted the job and ran it again).
+    assert first_resp.status_code == 200, first_resp.text
+    assert first_resp.headers["x-worker-id"] == holder
+    assert ran(farm, first_id) == [holder]
+    # The stopping worker claimed nothing more: the next job went to the other worker.
+    assert second_resp.status_code == 200, second_resp.text
+    assert second_resp.headers["x-worker-id"] != holder
+    assert f"event=worker_stopped worker={holder}" in log(farm, holder)
+    client = redis_client(farm)
+    assert_clean(client)
+    assert client.get(keys.worker_state(holder)) is None
+    print(f"drained_s={time.monotonic() - stopped:.1f}")
+
+
+@pytest.mark.timeout(120)
+def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm) -> None:
+    """A job that crashes its worker every time (an exception no error type covers).
+
+    Width 12 passes the job schema but no router would send it (the API asks multiples of 8):
+    the pipeline raises ValueError on every delivery. The job is put on the stream with the
+    router's own queue client, as the router would, and read back through the router's job API.
+    """
+    farm = one_worker
+    client = redis_client(farm)
+    poison = Job(pool=SDXL, prompt="poison", seed=1, num_inference_steps=2, width=12, height=64)
+
+    async def submit() -> None:
+        aio = async_client(farm.redis_url)
+        try:
+            await JobQueue(aio, worker_ttl_s=1.5, queue_max=100).submit(poison)
+        finally:
+            await aio.aclose()
+
+    started = time.monotonic()
+    asyncio.run(submit())
+    # The pool serves others while the poison job fails its deliveries.
+    for seed in range(3):
+        assert post(farm, SDXL, body(seed=seed)).status_code == 200
+
+    def settled() -> dict | None:
+        view = httpx.get(f"{farm.router_url}/jobs/{poison.id}", timeout=10).json()
+        return view if view["status"] in ("failed", "done", "cancelled") else None
+
+    view = wait_until(settled, 60, interval=0.2, what="the poison job to settle")
+    dead_lettered_s = time.monotonic() - started
+    assert view["status"] == "failed"
+    assert view["error_type"] == "job_failed"
+    result = httpx.get(f"{farm.router_url}/jobs/{poison.id}/result", timeout=10)
+    assert_error(result, 500, "job_failed")
+    dead = client.xrange(keys.dead_letter_stream(SDXL))
+    mine = [fields for _id, fields in dead if poison.id.encode() in fields[b"job"]]
+    assert len(mine) == 1
+    assert mine[0][b"reason"] == b"max_deliveries"
+    assert int(mine[0][b"deliveries"]) == 3  # the workers' default max_deliveries
+    crashes = sum(
+        text.count(f"event=job_crashed job={poison.id}")
+        for text in [log(farm, n) for n in farm.procs if n.startswith("worker-")]
+    )
+    assert crashes == 3
+    assert_clean(client)
+    assert post(farm, SDXL).status_code == 200
+    print(f"dead_lettered_s={dead_lettered_s:.1f}")
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_the_router_drains_in_flight_requests(one_worker: Farm) -> None:
+    farm = one_worker
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS // 2, seed=31))
+            wait_until(lambda: busy_workers(farm), 20, what="a busy worker")
+            farm.signal("router", signal.SIGTERM)
+            # No new connection is taken while it drains...
+            time.sleep(0.3)
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{farm.router_url}/health", timeout=2)
+            resp = pending.result(timeout=60)  # ...but the request in flight gets its image.
+        assert resp.status_code == 200, resp.text
+        # uvicorn ends by re-raising the SIGTERM it handled, once the drain is over.
+        assert farm.procs["router"].wait(30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in log(farm, "router")
+    finally:
+        if farm.procs["router"].poll() is not None:
+            farm.start_router()
