@@ -194,14 +194,18 @@ class WorkerQueue:
         self._ensure_group(self.own)
 
     def claim(self, block_ms: int, *, include_pool: bool = True, count: int = 32) -> list[Delivery]:
-        """Jobs placed on this worker (every one waiting, up to ``count``); when there are none and
-        ``include_pool``, the next job of the shared stream, waiting up to ``block_ms``.
+        """Jobs placed on this worker (every one waiting, up to ``count``) and, with ``include_pool``,
+        the next job of the shared stream; with none placed here, waits up to ``block_ms``.
 
         Malformed entries are dead-lettered, not returned.
         """
         own = self._read({self.own: ">"}, count=count, block=None)
-        if own or not include_pool:
+        if not include_pool:
             return own
+        if own:
+            # One shared job as well: while placements keep the own streams from running dry, the
+            # jobs that spilled to the shared stream would otherwise wait behind all of them.
+            return own + self._read({self.stream: ">"}, count=1, block=None)
         return self._read({self.own: ">", self.stream: ">"}, count=1, block=block_ms)
 
     def peek(self) -> Job | None:

@@ -43,12 +43,17 @@ class Fleet:
     _placed: dict[str, list[tuple[float, str | None]]] = field(default_factory=dict)
 
     def place(self, adapters: Sequence[AdapterRef], workers: Sequence[WorkerState], now: float) -> str | None:
-        """The worker the job should go to (``None``: the pool's shared stream)."""
+        """The worker the job should go to (``None``: the pool's shared stream).
+
+        Overloaded workers are not queued on (``Policy.spill_to_shared``): the job goes to the
+        shared stream, which any worker drains and the autoscaler measures (KEDA reads it).
+        """
         key = adapters_key(list(adapters))
-        views = [view_of(w, self._since(w), now) for w in workers]
-        chosen = choose_worker(key, views, self.policy, now)
-        if chosen is not None:
-            self._placed.setdefault(chosen, []).append((now, key))
+        views = {w.worker_id: view_of(w, self._since(w), now) for w in workers}
+        chosen = choose_worker(key, views.values(), self.policy, now)
+        if chosen is None:
+            return None
+        self._placed.setdefault(chosen, []).append((now, key))
         return chosen
 
     def _since(self, state: WorkerState) -> list[str | None]:

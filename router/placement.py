@@ -62,6 +62,10 @@ class Policy:
     max_wait_s: float = 2.0
     #: Most workers one adapter may occupy (fused or queued) before jobs queue on its holders.
     max_holders: int = 2
+    #: When every candidate is overloaded, send the job to the shared pool stream (``None``) rather
+    #: than queue it on a worker: own queues stay short, and the shared stream is what autoscalers
+    #: measure and what any worker that frees up drains first.
+    spill_to_shared: bool = True
     #: Heartbeat age past which a worker is presumed dead.
     stale_after_s: float = 10.0
     #: A worker that swapped less than this ago is steered away from swapping again...
@@ -145,20 +149,28 @@ def choose_worker(adapter: str | None, workers: Iterable[WorkerView], policy: Po
     A holder (adapter fused or queued there) that is not overloaded comes first; else, while
     fewer than ``max_holders`` hold it, the worker that would finish it soonest; else the
     least-loaded holder, unless a worker sits idle (an idle worker beats any wait). Ties go
-    to the smaller worker id.
+    to the smaller worker id. With ``spill_to_shared``, a choice that is overloaded becomes
+    ``None``: the job waits on the shared stream for the first worker that frees up.
     """
     live = [w for w in workers if is_live(w, policy, now)]
     if not live or not policy.affinity:
         return None
+    chosen = _choose(adapter, live, policy, now)
+    if policy.spill_to_shared and is_overloaded(chosen, policy):
+        return None
+    return chosen.worker_id
+
+
+def _choose(adapter: str | None, live: list[WorkerView], policy: Policy, now: float) -> WorkerView:
     holders = [w for w in live if holder_tier(w, adapter) <= ON_DEVICE]
     ready = [w for w in holders if not is_overloaded(w, policy)]
     if ready:
-        return min(ready, key=lambda w: _rank(w, adapter, policy, now, tier_first=True)).worker_id
+        return min(ready, key=lambda w: _rank(w, adapter, policy, now, tier_first=True))
     if holders and len(holders) >= policy.max_holders and not any(_is_idle(w) for w in live):
-        return min(holders, key=lambda w: _rank(w, adapter, policy, now)).worker_id
+        return min(holders, key=lambda w: _rank(w, adapter, policy, now))
     held = {w.worker_id for w in holders}
     fresh = [w for w in live if w.worker_id not in held and not is_overloaded(w, policy)]
-    return min(fresh or live, key=lambda w: _rank(w, adapter, policy, now)).worker_id
+    return min(fresh or live, key=lambda w: _rank(w, adapter, policy, now))
 
 
 def order_queue(

@@ -91,7 +91,7 @@ def read_adapter(
         )
     except (SafetensorError, OSError) as exc:
         raise AdapterCorrupt(f"{key}: cannot read weights: {exc}") from exc
-    except (ValueError, KeyError) as exc:
+    except Exception as exc:  # diffusers' converters raise ValueError, KeyError... on odd files
         raise AdapterIncompatible(f"{key}: diffusers cannot convert its keys: {exc}") from exc
     layers = _canonical_layers(key, state_dict, alphas or {}, metadata or {}, pipeline_cls)
     if not layers:

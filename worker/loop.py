@@ -68,7 +68,8 @@ class Worker:
                 if not grouped:
                     self.queue.ensure_group()
                     if not recovered:
-                        self.backlog += self.queue.recover()
+                        held = {d.entry_id for d in self.backlog}
+                        self.backlog += [d for d in self.queue.recover() if d.entry_id not in held]
                         recovered = True
                     grouped = True
                 if time.monotonic() >= next_reclaim:
@@ -86,7 +87,9 @@ class Worker:
                 self._prefetch_after(delivery)
                 self.serve(delivery)
             except _REDIS_DOWN as exc:
-                self.redis_ok, grouped = False, False
+                # Once Redis is back, take up again what this worker holds there: the job in hand
+                # when it went down could not be settled, and nobody else adopts a live worker's jobs.
+                self.redis_ok, grouped, recovered = False, False, False
                 log.warning("event=redis_down error=%r retry_in=%.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)

@@ -8,6 +8,7 @@ stays bit-exact. Same effect as diffusers' ``load_textual_inversion`` without it
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ class PivotalTokens:
         self.pipe = pipe
         self._base: dict[str, _Base] = {}
         self._loaded: tuple[str, ...] = ()
+        self._lock = threading.RLock()  # a prefetch thread may check while the job thread swaps
 
     @property
     def loaded(self) -> tuple[str, ...]:
@@ -48,6 +50,10 @@ class PivotalTokens:
 
     def check(self, adapters: Sequence[ParsedAdapter]) -> None:
         """Raise AdapterIncompatible unless all these adapters' tokens can be added together."""
+        with self._lock:
+            self._check(adapters)
+
+    def _check(self, adapters: Sequence[ParsedAdapter]) -> None:
         seen: dict[str, str] = {}
         for adapter in adapters:
             for component, rows in (adapter.embeddings or {}).items():
@@ -68,27 +74,29 @@ class PivotalTokens:
     def set(self, adapters: Sequence[ParsedAdapter]) -> bool:
         """Make exactly these adapters' tokens present; True when anything changed."""
         wanted = tuple(a.key for a in adapters if a.embeddings)
-        if wanted == self._loaded:
-            return False
-        self.clear()
-        for adapter in adapters:
-            for component, rows in (adapter.embeddings or {}).items():
-                self._add(component, adapter.tokens, rows)
-        self._loaded = wanted
-        return True
+        with self._lock:
+            if wanted == self._loaded:
+                return False
+            self.clear()
+            for adapter in adapters:
+                for component, rows in (adapter.embeddings or {}).items():
+                    self._add(component, adapter.tokens, rows)
+            self._loaded = wanted
+            return True
 
     def clear(self) -> None:
         """Remove every added token; the base matrices and tokenizers come back as they were."""
-        for component, base in self._base.items():
-            encoder = getattr(self.pipe, component)
-            base.embedding.weight = base.weight
-            base.embedding.num_embeddings = base.num_embeddings
-            encoder.set_input_embeddings(base.embedding)
-            if base.vocab_size is not None:
-                encoder.config.vocab_size = base.vocab_size
-            getattr(self.pipe, _tokenizer_of(component))._tokenizer = base.backend
-        self._base.clear()
-        self._loaded = ()
+        with self._lock:
+            for component, base in self._base.items():
+                encoder = getattr(self.pipe, component)
+                base.embedding.weight = base.weight
+                base.embedding.num_embeddings = base.num_embeddings
+                encoder.set_input_embeddings(base.embedding)
+                if base.vocab_size is not None:
+                    encoder.config.vocab_size = base.vocab_size
+                getattr(self.pipe, _tokenizer_of(component))._tokenizer = base.backend
+            self._base.clear()
+            self._loaded = ()
 
     def _base_embedding(self, component: str) -> torch.nn.Embedding:
         base = self._base.get(component)

@@ -76,7 +76,7 @@ def test_past_the_wait_bound_504_and_the_job_never_runs(one_worker: Farm) -> Non
     with restarted_router(farm, {"LORAFARM_REQUEST_TIMEOUT_S": "3"}):
         workers = len(running_workers(farm))
         with ThreadPoolExecutor(workers + 1) as pool:
-            running = [pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=60 + i)) for i in range(workers)]
+            running = [pool.submit(post, farm, SDXL, body(steps=150, seed=60 + i)) for i in range(workers)]
             wait_until(lambda: len(busy_workers(farm)) == workers, 20, what="every worker busy")
             queued = pool.submit(post, farm, SDXL, body(seed=69))
             answers = [f.result(timeout=30) for f in [*running, queued]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -171,10 +172,14 @@ class RssSampler:
         self._thread.join()
 
 
-def start_burst(url: str, n: int, concurrency: int, payload: dict[str, Any]) -> subprocess.Popen[str]:
+def start_burst(
+    url: str, n: int, concurrency: int, payload: dict[str, Any], *, nice: int = 0
+) -> subprocess.Popen[str]:
     """``tests.reliability.burst`` in a process of its own, so its client work does not skew the test's."""
     argv = [sys.executable, "-m", "tests.reliability.burst", url, str(n), str(concurrency), json.dumps(payload)]
-    return subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, preexec_fn=(lambda: os.nice(nice)) if nice else None
+    )
 
 
 def burst_summary(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:

@@ -38,6 +38,8 @@ POLICY = Policy(
     default_swap_s=0.5,
     default_fetch_s=1.0,
     default_inference_s=10.0,
+    # The ranking rules below are tested without the spill; test_overload_spills_* covers it.
+    spill_to_shared=False,
 )
 
 
@@ -160,6 +162,15 @@ def test_when_everyone_is_overloaded_the_soonest_finish_wins() -> None:
     assert choose_worker(A, workers, POLICY, NOW) == "w2"
     # ...unless the spread bound is reached: then the job queues on its holder.
     assert choose_worker(A, workers, replace(POLICY, max_holders=1), NOW) == "w3"
+
+
+def test_overload_spills_to_the_shared_stream_with_the_default_policy() -> None:
+    spill = replace(POLICY, spill_to_shared=True)
+    crowded = [busy("w1", 9.0, fused=A, queued=(A,)), busy("w2", 2.0, queued=(C,))]
+    assert choose_worker(A, crowded, spill, NOW) is None
+    # One worker with room: it is used, spill or not.
+    assert choose_worker(A, [*crowded, worker("w3", fused=B)], spill, NOW) == "w3"
+    assert Policy().spill_to_shared
 
 
 def test_dead_or_stale_holder_is_skipped() -> None:
@@ -323,3 +334,12 @@ def test_no_job_waits_past_the_bound_by_more_than_the_older_jobs_ahead_of_it(
         due = max(0, math.ceil((job.enqueued_at + max_age - NOW) / service))
         older = sum(1 for q in queued if (q[2], q[0]) < (job.enqueued_at, job.job_id))
         assert index <= due + older
+
+
+@settings(max_examples=100, deadline=None)
+@given(pools, ADAPTERS)
+def test_with_spill_a_chosen_worker_is_never_overloaded(workers: list[WorkerView], adapter: str | None) -> None:
+    policy = replace(POLICY, spill_to_shared=True)
+    chosen = choose_worker(adapter, workers, policy, NOW)
+    if chosen is not None:
+        assert not is_overloaded(next(w for w in workers if w.worker_id == chosen), policy)
