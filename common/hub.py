@@ -97,9 +97,7 @@ class RepoInfo:
                 out.append(tag.removeprefix("base_model:adapter:"))
         if not out:
             out = [
-                t.removeprefix("base_model:")
-                for t in self.tags
-                if t.count(":") == 1 and t.startswith("base_model:")
+                t.removeprefix("base_model:") for t in self.tags if t.count(":") == 1 and t.startswith("base_model:")
             ]
         return out
 
@@ -130,9 +128,7 @@ def pick_weight(files: Sequence[FileInfo]) -> FileInfo:
     candidates = [f for f in tensors if not any(word in f.name.lower() for word in _NOT_WEIGHTS)]
     candidates.sort(key=lambda f: (f.name.count("/"), f.name))
     if not candidates:
-        raise errors.UnsafeAdapterFormat(
-            "the adapter ships no .safetensors weights (pickle files are never loaded)"
-        )
+        raise errors.UnsafeAdapterFormat("the adapter ships no .safetensors weights (pickle files are never loaded)")
     return candidates[0]
 
 
@@ -183,9 +179,7 @@ def classify(
         )
         return Route(kind="lora", pool=pools[0], pools=pools, adapter=ref)
     if info.pipeline_tag == "text-to-image":
-        raise errors.BaseNotServed(
-            f"{info.id} is a text-to-image model not served here; served: {served_list}"
-        )
+        raise errors.BaseNotServed(f"{info.id} is a text-to-image model not served here; served: {served_list}")
     raise errors.UnsupportedModel(
         f"{info.id} is neither a LoRA (tag 'lora' with a base_model) nor a text-to-image base served here; "
         f"served: {served_list}"
@@ -339,6 +333,4 @@ class HubResolver:
         return entry.info
 
     def _unavailable(self) -> errors.HubUnavailable:
-        return errors.HubUnavailable(
-            "the Hub cannot be reached; try again shortly", retry_after=self.backoff_s
-        )
+        return errors.HubUnavailable("the Hub cannot be reached; try again shortly", retry_after=self.backoff_s)

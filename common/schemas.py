@@ -5,13 +5,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_PROMPT_CHARS = 4000
 MAX_ADAPTERS = 4
 ImageFormat = Literal["png", "jpeg", "webp"]
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers as the JSON schema says: ``false`` or ``"7"`` is refused, not converted (``3.0`` is 3)."""
+    if isinstance(value, bool | str):
+        raise ValueError("Input should be a number")
+    return value
+
+
+#: A request field that takes a JSON number only.
+Number = BeforeValidator(_json_number)
 
 
 class AdapterSpec(BaseModel):
@@ -20,7 +31,7 @@ class AdapterSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=200)
-    scale: float = Field(default=1.0, ge=-4.0, le=4.0)
+    scale: Annotated[float, Number] = Field(default=1.0, ge=-4.0, le=4.0)
 
 
 class Parameters(BaseModel):
@@ -31,13 +42,13 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_inference_steps: int | None = Field(default=None, ge=1, le=150)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    num_inference_steps: Annotated[int | None, Number] = Field(default=None, ge=1, le=150)
+    guidance_scale: Annotated[float | None, Number] = Field(default=None, ge=0.0, le=30.0)
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    lora_scale: float | None = Field(default=None, ge=-4.0, le=4.0)
+    width: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
+    seed: Annotated[int | None, Number] = Field(default=None, ge=0, le=2**63 - 1)
+    lora_scale: Annotated[float | None, Number] = Field(default=None, ge=-4.0, le=4.0)
     adapters: list[AdapterSpec] | None = Field(default=None, max_length=MAX_ADAPTERS)
 
 

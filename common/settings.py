@@ -17,9 +17,7 @@ class CommonSettings(BaseSettings):
         env_prefix="LORAFARM_", extra="ignore", populate_by_name=True, env_ignore_empty=True
     )
 
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="Redis URL shared by router and workers."
-    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL shared by router and workers.")
     hf_endpoint: str = Field(
         default="https://huggingface.co",
         validation_alias=AliasChoices("LORAFARM_HF_ENDPOINT", "HF_ENDPOINT"),

@@ -65,6 +65,7 @@ Try:
   curl {url}/models/tiny/sdxl-lora-diffusers -d '{{"inputs": "an elephant", "parameters": {{"seed": 1}}}}' -o lora.jpg
   curl {url}/ -H 'lora: tiny/sdxl-lora-kohya' -d '{{"inputs": "an elephant"}}' -o kohya.jpg
   curl {url}/status
+  widget: {url}/widget/tiny/sdxl-lora-diffusers
 Ctrl-C stops everything.""",
             flush=True,
         )

@@ -102,7 +102,13 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
     return Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet), [client, waiter]
 
 
-def _install_openapi(app: FastAPI) -> None:
+_NO_ROUTE = {
+    "description": "not_found",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+}
+
+
+def _install_openapi(app: FastAPI, *, api_key: bool) -> None:
     # The generate routes read their body raw (JSON whatever the Content-Type), so FastAPI
     # does not see its model: add InferenceRequest and its parts to the components here.
     def openapi() -> dict[str, Any]:
@@ -112,6 +118,18 @@ def _install_openapi(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(body.pop("$defs", {}))
             components["InferenceRequest"] = body
+            for path, item in schema.get("paths", {}).items():
+                if "{" not in path:
+                    continue
+                for operation in item.values():
+                    # A parameter no route pattern matches (one holding a line break) is answered by
+                    # the router itself: 404 not_found.
+                    operation["responses"].setdefault("404", _NO_ROUTE)
+            if not api_key:
+                # Without an API key nothing asks for the bearer token: say so, or clients send one.
+                for operation in (op for item in schema.get("paths", {}).values() for op in item.values()):
+                    operation.pop("security", None)
+                schema["components"].pop("securitySchemes", None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -165,5 +183,5 @@ def create_app(settings: RouterSettings) -> FastAPI:
         )
     metrics.install(app)
     app.add_middleware(RequestLog)
-    _install_openapi(app)
+    _install_openapi(app, api_key=settings.api_key is not None)
     return app

@@ -159,6 +159,9 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Counts every HTTP request by its route template (not its path: bounded label values)."""
 
@@ -189,7 +192,9 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             error_type = (scope.get("state") or {}).get("error_type") or ("internal_error" if crashed else "")
+            # Any token is a method to HTTP: a client must not mint label values (series) at will.
             method = scope.get("method", "")
+            method = method if method in _METHODS else "other"
             self.metrics.observe(method, template, status, error_type, time.perf_counter() - start)
 
 

@@ -67,7 +67,11 @@ def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
 
 
 class SwapEngine:
-    """Applies and removes adapters on one loaded pipeline; see the module docstring."""
+    """Applies and removes adapters on one loaded pipeline; see the module docstring.
+
+    ``pristine``: where the copies of touched weights live: ``device`` (fastest), ``host`` (pinned
+    memory on a GPU machine), or ``auto`` (the device while it keeps ``headroom_bytes`` free).
+    """
 
     def __init__(self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30) -> None:
         self.pipe = pipe
@@ -97,6 +101,9 @@ class SwapEngine:
     def stage(self, adapter: ParsedAdapter) -> ParsedAdapter:
         """Validate and move the adapter's tensors to its targets' device and dtype (safe off-thread)."""
         self.validate(adapter)
+        return self._moved(adapter)
+
+    def _moved(self, adapter: ParsedAdapter) -> ParsedAdapter:
         layers: dict[str, LoraLayer] = {}
         for target, layer in adapter.layers.items():
             weight = weight_of(self.modules[target])
@@ -124,7 +131,7 @@ class SwapEngine:
             for adapter, _ in adapters:
                 validate(adapter, self.modules)
             self._tokens.check([a for a, _ in adapters])
-            staged = [(self.stage(a), float(s)) for a, s in adapters]
+            staged = [(self._moved(a), float(s)) for a, s in adapters]
             try:
                 touched = self._switch(_plan(staged), wanted.mode)
                 self._tokens.set([a for a, _ in staged])

@@ -157,6 +157,38 @@ def test_fused_and_unfused_match_diffusers_fuse(
     np.testing.assert_allclose(generate(pipe, prompt), want, atol=UNFUSED_ATOL, rtol=0)
 
 
+def test_conv_lora_matches_diffusers(zoo_dir: Path, tmp_path: Path, pipe: Any, engine: SwapEngine) -> None:
+    """LoRAs on resnet convolutions (down: k x k, up: 1 x 1) flatten to one matrix product."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    unet = load_pipe(zoo_dir).unet
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["conv1", "conv2", "to_q"], init_lora_weights=False)
+    gen = torch.Generator().manual_seed(7)
+    state = get_peft_model_state_dict(inject_adapter_in_model(config, unet))
+    state = {k: torch.randn(v.shape, generator=gen) * 0.2 for k, v in state.items()}
+    StableDiffusionXLPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=state, unet_lora_adapter_metadata=config.to_dict(), weight_name=WEIGHTS
+    )
+    adapter = read_adapter(
+        tmp_path / WEIGHTS,
+        key="conv@test",
+        max_bytes=MAX_BYTES,
+        max_rank=MAX_RANK,
+        pipeline_cls=StableDiffusionXLPipeline,
+    )
+    conv = adapter.layers["unet.down_blocks.0.resnets.0.conv1"]
+    assert conv.down.dim() == 4 and conv.up.shape[2:] == (1, 1) and conv.scale == 2.0
+
+    ref = load_pipe(zoo_dir)
+    ref.load_lora_weights(str(tmp_path), weight_name=WEIGHTS)
+    ref.fuse_lora()
+    want = generate(ref)
+    engine.apply([(adapter, 1.0)])
+    np.testing.assert_allclose(generate(pipe), want, atol=FUSED_ATOL, rtol=0)
+    engine.apply([(adapter, 1.0)], mode="unfused")
+    np.testing.assert_allclose(generate(pipe), want, atol=UNFUSED_ATOL, rtol=0)
+
+
 def test_kohya_text_encoders_and_alpha_are_normalised(adapters: dict[str, ParsedAdapter]) -> None:
     kohya = adapters["sdxl-lora-kohya"]
     parts = {target.split(".", 1)[0] for target in kohya.layers}

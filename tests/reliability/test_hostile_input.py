@@ -49,6 +49,15 @@ def test_line_breaks_in_the_path_inject_nothing(one_worker: Farm) -> None:
     assert "x-injected" not in resp[1]
 
 
+def test_made_up_methods_mint_no_metric_series(one_worker: Farm) -> None:
+    for i in range(50):
+        code, _headers, _content = raw_request(one_worker, f"X{i:03d}LEAK", f"/models/{SDXL}", VALID)
+        assert code == 405
+    metrics = httpx.get(f"{one_worker.router_url}/metrics", timeout=10).text
+    assert "LEAK" not in metrics
+    assert 'method="other"' in metrics
+
+
 @pytest.mark.parametrize(
     "lora", ["../../etc/passwd", "tiny/" + "x" * 200, "tiny/a b", "tiny/\xff\xfe", "http://169.254.169.254/x", "a/b/c"]
 )

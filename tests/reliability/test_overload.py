@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,7 @@ from tests.reliability.tools import (
     post,
     redis_client,
     rss_mb,
+    running_workers,
     start_burst,
 )
 
@@ -70,18 +73,33 @@ def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm) 
 
 @pytest.mark.timeout(180)
 def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Farm) -> None:
+    """The router's event loop never waits on model or Redis work: /health stays fast under a burst.
+
+    On this 2-core machine the two workers and the load generator would take the router's CPU
+    away from it (in production they have machines of their own), so they run at nice 10 here;
+    the router, the process under test, keeps its normal priority.
+    """
     farm = two_workers
+    workers = [farm.procs[name].pid for name in running_workers(farm)]
     probes: list[float] = []
-    proc = start_burst(f"{farm.router_url}/models/{SDXL}", 300, 32, body(steps=6))
-    with httpx.Client(base_url=farm.router_url, timeout=5) as client:
-        client.get("/health")  # connection made before timing
-        while proc.poll() is None:
-            start = time.perf_counter()
-            resp = client.get("/health")
-            probes.append(time.perf_counter() - start)
-            assert resp.status_code == 200
-            time.sleep(0.01)
-    summary = burst_summary(proc)
+    for pid in workers:
+        os.setpriority(os.PRIO_PROCESS, pid, 10)
+    gc.disable()  # no pause of this process's own collector inside a probe
+    try:
+        proc = start_burst(f"{farm.router_url}/models/{SDXL}", 300, 32, body(steps=6), nice=10)
+        with httpx.Client(base_url=farm.router_url, timeout=5) as client:
+            client.get("/health")  # connection made before timing
+            while proc.poll() is None:
+                start = time.perf_counter()
+                resp = client.get("/health")
+                probes.append(time.perf_counter() - start)
+                assert resp.status_code == 200
+                time.sleep(0.01)
+        summary = burst_summary(proc)
+    finally:
+        gc.enable()
+        for pid in workers:
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
     print(
         f"health probes={len(probes)} median={statistics.median(probes) * 1000:.1f}ms "
         f"max={max(probes) * 1000:.1f}ms burst={summary}"
@@ -90,3 +108,15 @@ def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Far
     assert summary["statuses"].get("429", 0) > 0
     assert len(probes) >= 100
     assert max(probes) < HEALTH_BOUND_S
+
+
+@pytest.mark.timeout(120)
+def test_no_admitted_job_starves_under_steady_load(two_workers: Farm) -> None:
+    """Jobs spilled to the shared stream are served in their turn, not after every job placed later."""
+    farm = two_workers
+    proc = start_burst(f"{farm.router_url}/models/{SDXL}", 100, 4, body())
+    summary = burst_summary(proc)
+    print(f"steady burst={summary}")
+    assert summary["statuses"] == {"200": 100}
+    # About 0.3 s a job, two workers, four clients: a fair queue answers each in about a second.
+    assert summary["slowest_s"] < 8

@@ -35,10 +35,10 @@ def test_redis_restart_every_accepted_job_completes(two_workers: Farm) -> None:
     farm = two_workers
     client = redis_client(farm)
     with ThreadPoolExecutor(4) as pool:
-        # Two jobs in the workers' hands and two waiting when Redis dies.
+        # Jobs in a worker's hands and jobs waiting when Redis dies.
         accepted = [pool.submit(post, farm, SDXL, body(steps=30, seed=40 + i)) for i in range(4)]
         wait_until(lambda: queue_state(client)[0] == 4, 20, what="4 jobs accepted")
-        wait_until(lambda: len(busy_workers(farm)) == 2, 20, what="both workers busy")
+        wait_until(lambda: busy_workers(farm), 20, what="a job in hand")
         farm.kill("redis")
         down = time.monotonic()
 
@@ -54,8 +54,8 @@ def test_redis_restart_every_accepted_job_completes(two_workers: Farm) -> None:
         answers = [f.result(timeout=90) for f in accepted]
     recovered_s = time.monotonic() - back
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
-    for answer in answers:
-        assert len(ran(farm, answer.headers["x-request-id"])) >= 1
+    for answer in answers:  # (the worker logs the job a moment after it answered it)
+        wait_until(lambda a=answer: ran(farm, a.headers["x-request-id"]), 5, what="the job logged as done")
     assert farm.procs["router"].poll() is None
     # Workers rode out the outage with a growing backoff, then reconnected.
     for name in {a.headers["x-worker-id"] for a in answers}:

@@ -46,6 +46,7 @@ def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm
     survivor = resp.headers["x-worker-id"]
     assert survivor != holder
     # Written once: only the survivor generated it, and nobody published a second result.
+    wait_until(lambda: ran(farm, job_id), 5, what="the job logged as done")
     assert ran(farm, job_id) == [survivor]
     assert "event=duplicate_result" not in log(farm, survivor)
     assert_clean(redis_client(farm))
@@ -68,6 +69,7 @@ def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clea
     # while it drained, so nobody adopted the job and ran it again).
     assert first_resp.status_code == 200, first_resp.text
     assert first_resp.headers["x-worker-id"] == holder
+    wait_until(lambda: ran(farm, first_id), 5, what="the job logged as done")
     assert ran(farm, first_id) == [holder]
     # The stopping worker claimed nothing more: the next job went to the other worker.
     assert second_resp.status_code == 200, second_resp.text

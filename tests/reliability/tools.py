@@ -172,9 +172,7 @@ class RssSampler:
         self._thread.join()
 
 
-def start_burst(
-    url: str, n: int, concurrency: int, payload: dict[str, Any], *, nice: int = 0
-) -> subprocess.Popen[str]:
+def start_burst(url: str, n: int, concurrency: int, payload: dict[str, Any], *, nice: int = 0) -> subprocess.Popen[str]:
     """``tests.reliability.burst`` in a process of its own, so its client work does not skew the test's."""
     argv = [sys.executable, "-m", "tests.reliability.burst", url, str(n), str(concurrency), json.dumps(payload)]
     return subprocess.Popen(
