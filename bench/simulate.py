@@ -117,10 +117,7 @@ def make_trace(seed: int, rate: float, horizon_s: float, s: float, n_loras: int)
     count = int(rng.poisson(rate * horizon_s))
     times = np.sort(rng.uniform(0.0, horizon_s, size=count))
     loras = rng.choice(n_loras, size=count, p=zipf_weights(n_loras, s))
-    return [
-        Request(i, float(t), int(j), base_of(int(j)))
-        for i, (t, j) in enumerate(zip(times, loras, strict=True))
-    ]
+    return [Request(i, float(t), int(j), base_of(int(j))) for i, (t, j) in enumerate(zip(times, loras, strict=True))]
 
 
 def distinct_per_window(trace: Sequence[Request], window_s: float = 120.0) -> float:
@@ -413,9 +410,7 @@ def plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for (name, pts), color in zip(
-        points.items(), ("tab:gray", "tab:red", "tab:blue", "tab:green"), strict=False
-    ):
+    for (name, pts), color in zip(points.items(), ("tab:gray", "tab:red", "tab:blue", "tab:green"), strict=False):
         loads = [p[0] for p in pts]
         ax.plot(loads, [p[1] for p in pts], "-o", color=color, label=f"{name} p50")
         ax.plot(loads, [p[2] for p in pts], "--s", color=color, label=f"{name} p95")
@@ -461,9 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shares = np.bincount([r.pool for r in trace], minlength=N_BASES) / max(1, len(trace))
     print(f"calibration: Zipf exponent {s:.3f} over {args.loras} LoRAs at {args.rate} req/s gives")
     print(f"  {expected_distinct(weights, args.rate, 120):.2f} distinct LoRAs per 2 min expected,")
-    print(
-        f"  {distinct_per_window(trace):.2f} measured on the trace ({len(trace)} requests, {args.hours} h);"
-    )
+    print(f"  {distinct_per_window(trace):.2f} measured on the trace ({len(trace)} requests, {args.hours} h);")
     print(f"  top LoRA {weights[0]:.1%} of requests, top 10 {weights[:10].sum():.1%};")
     print(f"  requests per base pool {', '.join(f'{x:.1%}' for x in shares)}")
     print(f"costs: {costs}")
@@ -509,17 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"lorafarm meets p50 ≤ 1.05× and p95 ≤ 1.15× inference with {sum(goal)} GPUs"
             f" vs {sum(ref)} for the reference at {bound}: {1 - sum(goal) / sum(ref):.0%} fewer"
         )
-    points = sweep(
-        {k: v for k, v in sims.items() if k != "fast swap only"}, ref or lf or [1] * N_BASES, costs, args, s
-    )
+    points = sweep({k: v for k, v in sims.items() if k != "fast swap only"}, ref or lf or [1] * N_BASES, costs, args, s)
     plot(points, sum(ref or lf or [1] * N_BASES), args.rate, costs, args.plot)
     print(f"plot: {args.plot}")
     print(f"simulated in {time.perf_counter() - began:.1f} s")
-    print(
-        " ".join(
-            ["command: python -m bench.simulate", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
-        )
-    )
+    print(" ".join(["command: python -m bench.simulate", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))
     return 0
 
 

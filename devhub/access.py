@@ -50,9 +50,7 @@ def check_repo(repo_id: str, flags: Flags | None, who: Caller, *, download: bool
     if flags.disabled:
         return HubError(403, None, DISABLED_MESSAGE)
     if download and flags.gated and not who.authorized:
-        return HubError(
-            403, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it."
-        )
+        return HubError(403, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access to it.")
     return None
 
 

@@ -108,9 +108,7 @@ def _damage_shapes(shapes: dict[str, tuple[int, ...]], damage: Damage | None) ->
         return {k: (v[0] * 2, v[1]) if ".lora_B." in k else (v[0], v[1] * 2) for k, v in shapes.items()}
     if damage == "badkeys":  # attention modules the base does not have (it has attn1 and attn2)
         return {
-            k.replace(".attn1.", ".attn7.")
-            .replace(".attn2.", ".attn8.")
-            .replace(".self_attn.", ".cross_attn."): v
+            k.replace(".attn1.", ".attn7.").replace(".attn2.", ".attn8.").replace(".self_attn.", ".cross_attn."): v
             for k, v in shapes.items()
         }
     return shapes
@@ -207,9 +205,7 @@ def write_lora(folder: Path, templates: Templates, spec: LoraSpec) -> list[str]:
     if spec.pivotal_tokens:
         gen = torch.Generator().manual_seed(spec.seed + 1)
         n = len(spec.pivotal_tokens)
-        emb = {
-            name: torch.randn((n, size), generator=gen) for name, size in templates.embedding_sizes().items()
-        }
+        emb = {name: torch.randn((n, size), generator=gen) for name, size in templates.embedding_sizes().items()}
         save_file(emb, folder / EMBEDDINGS_NAME, metadata={"format": "pt"})
         names.append(EMBEDDINGS_NAME)
     return names

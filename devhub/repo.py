@@ -142,9 +142,7 @@ def write_card(folder: Path, meta: dict[str, Any], body: str) -> None:
     (folder / "README.md").write_text(f"---\n{front}---\n\n{body.strip()}\n", encoding="utf-8")
 
 
-def write_flags(
-    folder: Path, gated: bool | str = False, private: bool = False, disabled: bool = False
-) -> None:
+def write_flags(folder: Path, gated: bool | str = False, private: bool = False, disabled: bool = False) -> None:
     """The hidden hub-side flags of a repo."""
     flags = {"gated": gated, "private": private, "disabled": disabled}
     (folder / FLAGS_NAME).write_text(json.dumps(flags, sort_keys=True) + "\n", encoding="utf-8")
@@ -180,9 +178,7 @@ class RepoStore:
             return None
         files = tuple(self._hash(path, rel) for rel, path in _walk(folder))
         card_file = folder / CARD_NAME
-        card = (
-            parse_card(card_file.read_text(encoding="utf-8", errors="replace")) if card_file.is_file() else {}
-        )
+        card = parse_card(card_file.read_text(encoding="utf-8", errors="replace")) if card_file.is_file() else {}
         return Repo(repo_id, folder, card, read_flags(folder), files, commit_sha(files))
 
     def ids(self) -> list[str]:

@@ -160,9 +160,7 @@ def create_app(root: Path, *, token: str | None = None, delay_ms: int = 0) -> Fa
         return info(request, org, name, "main", blobs)
 
     @app.get("/api/models/{org}/{name}/revision/{rev}")
-    def get_model_revision(
-        request: Request, org: str, name: str, rev: str, blobs: bool = False
-    ) -> dict[str, Any]:
+    def get_model_revision(request: Request, org: str, name: str, rev: str, blobs: bool = False) -> dict[str, Any]:
         return info(request, org, name, rev, blobs)
 
     @app.get("/api/models/{org}/{name}/tree/{rev}")

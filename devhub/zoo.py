@@ -78,8 +78,7 @@ def _write_base(root: Path, repo_id: str, pipe: Any, arch: str) -> None:
     write_card(
         folder,
         meta,
-        f"# {repo_id}\n\nA tiny, randomly initialised {arch} pipeline for tests. "
-        "It draws noise, 64x64, in two steps.",
+        f"# {repo_id}\n\nA tiny, randomly initialised {arch} pipeline for tests. It draws noise, 64x64, in two steps.",
     )
     write_flags(folder)
 
@@ -111,9 +110,7 @@ def _not_a_pipeline(root: Path) -> None:
     config = {"architectures": ["BertForSequenceClassification"], "model_type": "bert", "hidden_size": 8}
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     meta = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["transformers"]}
-    write_card(
-        folder, meta, "# tiny/not-a-pipeline\n\nA text classifier config: neither a LoRA nor a pipeline."
-    )
+    write_card(folder, meta, "# tiny/not-a-pipeline\n\nA text classifier config: neither a LoRA nor a pipeline.")
     write_flags(folder)
 
 

@@ -76,9 +76,7 @@ def test_compose_router_serves_the_pools_that_have_workers(files: tuple[str, ...
     services = compose_services(files)
     router = service_env(services["router"])
     bases = sorted(
-        service_env(svc)["LORAFARM_BASE"] or ""
-        for name, svc in services.items()
-        if _role(name) is WorkerSettings
+        service_env(svc)["LORAFARM_BASE"] or "" for name, svc in services.items() if _role(name) is WorkerSettings
     )
     pools = (router["LORAFARM_POOLS"] or "").split(",")
     assert sorted(pools) == bases, f"{files}: router pools {pools}, worker bases {bases}"
@@ -150,9 +148,7 @@ def _pod_containers(docs: tuple[dict[str, Any], ...]) -> list[tuple[dict[str, An
     ]
 
 
-def _env(
-    container: dict[str, Any], docs: tuple[dict[str, Any], ...], *, strict: bool
-) -> dict[str, str | None]:
+def _env(container: dict[str, Any], docs: tuple[dict[str, Any], ...], *, strict: bool) -> dict[str, str | None]:
     """The container's environment: envFrom ConfigMaps first, then env (which wins)."""
     configmaps = _named(docs, "ConfigMap")
     env: dict[str, str | None] = {}
@@ -161,9 +157,7 @@ def _env(
         if name in configmaps:
             env.update(configmaps[name].get("data", {}))
         else:
-            assert not strict, (
-                f"container {container['name']} reads ConfigMap {name}, which is not in the build"
-            )
+            assert not strict, f"container {container['name']} reads ConfigMap {name}, which is not in the build"
     for item in container.get("env", []):
         env[item["name"]] = item.get("value")
     return env
@@ -275,9 +269,7 @@ def test_k8s_router_serves_the_pools_that_have_workers(overlay: Path, kustomize:
     assert sorted(pools) == bases, f"router pools {pools}, worker bases {bases}"
     assert env["LORAFARM_DEFAULT_BASE"] in pools
     targets = [
-        d["spec"]["scaleTargetRef"]["name"]
-        for d in docs
-        if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
+        d["spec"]["scaleTargetRef"]["name"] for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")
     ]
     assert len(targets) == len(set(targets)), "a worker Deployment has two autoscalers"
 
@@ -285,9 +277,7 @@ def test_k8s_router_serves_the_pools_that_have_workers(overlay: Path, kustomize:
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_k8s_redis_url_and_keda_address_name_the_redis_service(overlay: Path, kustomize: Build) -> None:
     docs = kustomize(overlay)
-    url = urlsplit(
-        _named(docs, "ConfigMap")[_configmap_with(docs, "LORAFARM_REDIS_URL")]["data"]["LORAFARM_REDIS_URL"]
-    )
+    url = urlsplit(_named(docs, "ConfigMap")[_configmap_with(docs, "LORAFARM_REDIS_URL")]["data"]["LORAFARM_REDIS_URL"])
     service = _named(docs, "Service")[url.hostname or ""]
     assert url.port in [p["port"] for p in service["spec"]["ports"]]
     namespace = service["metadata"]["namespace"]

@@ -65,9 +65,7 @@ def test_dockerfile_env_entrypoint_and_port(name: str) -> None:
     assert not unknown, f"{name} sets {unknown}, not settings of {cls.__name__}"
     instructions = _instructions(path)
     exposed = [int(rest) for word, rest in instructions if word == "EXPOSE"]
-    assert exposed[-1] == port, (
-        f"{name}: the final stage exposes {exposed[-1]}, the service listens on {port}"
-    )
+    assert exposed[-1] == port, f"{name}: the final stage exposes {exposed[-1]}, the service listens on {port}"
     assert str(port) in env.values(), f"{name}: the port env var is not {port}"
     start = [rest for word, rest in instructions if word in ("CMD", "ENTRYPOINT")][-1]
     assert start == f'["python", "-m", "{module}"]', f"{name} does not start `python -m {module}`"
@@ -93,9 +91,7 @@ def test_router_requirements_repeat_pyproject_without_torch() -> None:
     for req in _router_requirements():
         key = md.distribution(req.name).metadata["Name"].lower()
         assert key in project, f"{req.name} is not a dependency in pyproject.toml"
-        assert req.specifier == project[key].specifier, (
-            f"{req.name}: {req.specifier} != {project[key].specifier}"
-        )
+        assert req.specifier == project[key].specifier, f"{req.name}: {req.specifier} != {project[key].specifier}"
         assert key not in TORCH_FAMILY, f"the router image must not install {req.name}"
 
 

@@ -103,9 +103,7 @@ def test_second_pool_serves_its_lora(farm: Farm) -> None:
         ("tiny/not-a-pipeline", 400, "unsupported_model"),
     ],
 )
-def test_bad_cases_get_clear_errors_and_the_worker_goes_on(
-    farm: Farm, repo: str, status: int, error_type: str
-) -> None:
+def test_bad_cases_get_clear_errors_and_the_worker_goes_on(farm: Farm, repo: str, status: int, error_type: str) -> None:
     resp = post(farm, repo)
     assert resp.status_code == status, resp.text
     body = resp.json()

@@ -79,9 +79,7 @@ def own_devhub(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def requests_in(log: Path) -> list[str]:
-    return [
-        line.split("event=request ", 1)[1] for line in log.read_text().splitlines() if "event=request" in line
-    ]
+    return [line.split("event=request ", 1)[1] for line in log.read_text().splitlines() if "event=request" in line]
 
 
 def generate(pipe: StableDiffusionXLPipeline | StableDiffusionPipeline, prompt: str = "a cat") -> np.ndarray:
@@ -113,9 +111,7 @@ def test_model_info_shows_card_flags_and_sizes(devhub_url: str, zoo_dir: Path) -
 
     assert api.model_info("tiny/sdxl-lora-listbase").card_data.base_model == ["tiny/sdxl-base"]
     base = api.model_info("tiny/sdxl-base")
-    assert (
-        base.pipeline_tag == "text-to-image" and base.library_name == "diffusers" and "lora" not in base.tags
-    )
+    assert base.pipeline_tag == "text-to-image" and base.library_name == "diffusers" and "lora" not in base.tags
     assert api.model_info("tiny/sdxl-lora-gated").gated == "manual"  # metadata is visible, files are not
     assert api.model_info("tiny/sdxl-lora-pivotal").card_data.instance_prompt == "a photo of <s0><s1>"
     huge = api.model_info("tiny/sdxl-lora-huge", files_metadata=True)
@@ -140,8 +136,7 @@ def test_download_is_cached_and_by_sha_needs_no_request(own_devhub: tuple[str, P
     sha = HfApi(endpoint=url, token=False).model_info("tiny/sdxl-lora-a").sha
     count = len(requests_in(log))
     assert (
-        Path(hf_hub_download("tiny/sdxl-lora-a", WEIGHTS, revision=sha, **kw)).read_bytes()
-        == Path(path).read_bytes()
+        Path(hf_hub_download("tiny/sdxl-lora-a", WEIGHTS, revision=sha, **kw)).read_bytes() == Path(path).read_bytes()
     )
     assert len(requests_in(log)) == count  # cached and asked by commit sha: no request at all
 
@@ -152,16 +147,12 @@ def test_range_request_and_content_etag(own_devhub: tuple[str, Path], zoo_dir: P
     url, _ = own_devhub
     file_url = f"{url}/tiny/sdxl-base/resolve/main/unet/config.json"
     r = httpx.get(file_url, headers={"Range": "bytes=0-9", "Accept-Encoding": "gzip"})
-    assert (
-        r.status_code == 206 and r.content == (zoo_dir / "tiny/sdxl-base/unet/config.json").read_bytes()[:10]
-    )
+    assert r.status_code == 206 and r.content == (zoo_dir / "tiny/sdxl-base/unet/config.json").read_bytes()[:10]
     assert "content-encoding" not in r.headers
     head = httpx.head(f"{url}/tiny/sdxl-lora-a/resolve/main/{WEIGHTS}")
     assert head.headers["x-linked-size"] == str((zoo_dir / "tiny/sdxl-lora-a" / WEIGHTS).stat().st_size)
     os.utime(zoo_dir / "tiny/sdxl-lora-a" / WEIGHTS)  # a new mtime is not a new content
-    assert (
-        httpx.head(f"{url}/tiny/sdxl-lora-a/resolve/main/{WEIGHTS}").headers["etag"] == head.headers["etag"]
-    )
+    assert httpx.head(f"{url}/tiny/sdxl-lora-a/resolve/main/{WEIGHTS}").headers["etag"] == head.headers["etag"]
 
 
 def test_snapshot_of_base_generates_64px_image(sdxl: StableDiffusionXLPipeline) -> None:
@@ -221,9 +212,7 @@ def test_private_repo_needs_the_token(own_devhub: tuple[str, Path], devhub_url: 
     assert load_file(path)
     # the token also opens gated repos; a wrong one does not
     with pytest.raises(GatedRepoError):
-        hf_hub_download(
-            "tiny/sdxl-lora-gated", WEIGHTS, endpoint=url, cache_dir=hf_cache, token="wrong-token"
-        )
+        hf_hub_download("tiny/sdxl-lora-gated", WEIGHTS, endpoint=url, cache_dir=hf_cache, token="wrong-token")
     assert hf_hub_download("tiny/sdxl-lora-gated", WEIGHTS, endpoint=url, cache_dir=hf_cache, token=TOKEN)
     # without --token, any bearer token is accepted
     assert HfApi(endpoint=devhub_url, token="anything").model_info("tiny/sdxl-lora-private").private is True
@@ -287,9 +276,7 @@ def test_pivotal_embeddings_load_as_textual_inversion(
     assert emb["clip_l"].shape == (2, sdxl.text_encoder.config.hidden_size)
     assert emb["clip_g"].shape == (2, sdxl.text_encoder_2.config.hidden_size)
     tokens = ["<s0>", "<s1>"]
-    sdxl.load_textual_inversion(
-        emb["clip_l"], token=tokens, text_encoder=sdxl.text_encoder, tokenizer=sdxl.tokenizer
-    )
+    sdxl.load_textual_inversion(emb["clip_l"], token=tokens, text_encoder=sdxl.text_encoder, tokenizer=sdxl.tokenizer)
     sdxl.load_textual_inversion(
         emb["clip_g"], token=tokens, text_encoder=sdxl.text_encoder_2, tokenizer=sdxl.tokenizer_2
     )
@@ -306,9 +293,7 @@ def test_sd15_lora_changes_the_image(devhub_url: str, hf_cache: Path) -> None:
     pipe.set_progress_bar_config(disable=True)
     base = generate(pipe)
     assert base.shape == (64, 64, 3)
-    pipe.load_lora_weights(
-        snapshot_download("tiny/sd15-lora", endpoint=devhub_url, cache_dir=hf_cache, token=False)
-    )
+    pipe.load_lora_weights(snapshot_download("tiny/sd15-lora", endpoint=devhub_url, cache_dir=hf_cache, token=False))
     assert np.abs(generate(pipe) - base).mean() > 3.0
 
 
@@ -321,9 +306,7 @@ def test_swap_loras_differ_from_each_other(sdxl: StableDiffusionXLPipeline, zoo_
     assert all(np.abs(x - y).mean() > 3.0 for i, x in enumerate(images) for y in images[i + 1 :])
 
 
-def test_alphas_are_read_from_peft_metadata_and_kohya_keys(
-    sdxl: StableDiffusionXLPipeline, zoo_dir: Path
-) -> None:
+def test_alphas_are_read_from_peft_metadata_and_kohya_keys(sdxl: StableDiffusionXLPipeline, zoo_dir: Path) -> None:
     sdxl.load_lora_weights(zoo_dir / "tiny/sdxl-lora-peft", adapter_name="peft")
     sdxl.load_lora_weights(zoo_dir / "tiny/sdxl-lora-kohya", adapter_name="kohya")
     try:

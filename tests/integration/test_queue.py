@@ -62,14 +62,10 @@ def job(pool: str, **kw: object) -> Job:
 
 
 def done(job_id: str, worker_id: str = "w1") -> JobResult:
-    return JobResult(
-        job_id=job_id, status="done", content_type="image/png", worker_id=worker_id, compute_s=0.5
-    )
+    return JobResult(job_id=job_id, status="done", content_type="image/png", worker_id=worker_id, compute_s=0.5)
 
 
-async def test_submit_claim_publish_wait(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_submit_claim_publish_wait(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     j = job(pool)
@@ -104,9 +100,7 @@ async def test_publish_is_idempotent(sync_redis: redis.Redis, aio_redis: aioredi
     assert await aio_redis.llen(keys.job_done(j.id)) == 1  # the waiter is woken once
 
 
-async def test_failed_result_has_no_image(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_failed_result_has_no_image(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     failed = JobResult(job_id="j1" + pool, status="failed", error="bad", error_type="adapter_corrupt")
@@ -116,9 +110,7 @@ async def test_failed_result_has_no_image(
     assert (await q.status(failed.job_id)).error_type == "adapter_corrupt"  # type: ignore[union-attr]
 
 
-async def test_reclaim_from_dead_consumer(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_reclaim_from_dead_consumer(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     dead = worker(sync_redis, pool, "dead", live=False)
     alive = worker(sync_redis, pool, "alive")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
@@ -140,9 +132,7 @@ async def test_reclaim_from_dead_consumer(
     assert names == {b"alive"}  # "third" never read the stream: it is no consumer
 
 
-async def test_live_consumer_keeps_its_job(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_live_consumer_keeps_its_job(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     slow = worker(sync_redis, pool, "slow")
     other = worker(sync_redis, pool, "other")
     await JobQueue(aio_redis, worker_ttl_s=10, queue_max=8).submit(job(pool))
@@ -151,9 +141,7 @@ async def test_live_consumer_keeps_its_job(
     assert other.reclaim(min_idle_ms=50) == []  # slow's heartbeat is alive: no double run
 
 
-async def test_dead_letter_after_max_deliveries(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_dead_letter_after_max_deliveries(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     a = worker(sync_redis, pool, "a", live=False, max_deliveries=2)
     b = worker(sync_redis, pool, "b", live=False, max_deliveries=2)
@@ -177,9 +165,7 @@ async def test_dead_letter_after_max_deliveries(
     assert sync_redis.xpending(keys.pool_stream(pool), keys.WORKER_GROUP)["pending"] == 0
 
 
-async def test_cancel_unclaimed_job_removes_it(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_cancel_unclaimed_job_removes_it(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     j = job(pool)
@@ -191,9 +177,7 @@ async def test_cancel_unclaimed_job_removes_it(
     assert (await q.status(j.id)).state == "cancelled"  # type: ignore[union-attr]
 
 
-async def test_cancel_claimed_job_marks_it(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_cancel_claimed_job_marks_it(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     j = job(pool)
@@ -243,9 +227,7 @@ async def test_no_live_worker(sync_redis: redis.Redis, aio_redis: aioredis.Redis
     assert await q.live_workers(pool) == []
 
 
-async def test_malformed_entry_is_dead_lettered(
-    sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str
-) -> None:
+async def test_malformed_entry_is_dead_lettered(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     stream = keys.pool_stream(pool)

@@ -153,9 +153,7 @@ def router(redis_url: str, devhub_url: str) -> Router:
 
 
 def sha_of(devhub_url: str, repo_id: str) -> str:
-    return str(
-        httpx.get(f"{devhub_url}/api/models/{repo_id}", headers={"authorization": "Bearer t"}).json()["sha"]
-    )
+    return str(httpx.get(f"{devhub_url}/api/models/{repo_id}", headers={"authorization": "Bearer t"}).json()["sha"])
 
 
 def assert_error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
@@ -285,9 +283,7 @@ async def test_bad_repos(
     assert workers[SDXL].jobs == [] and workers[SD15].jobs == []
 
 
-async def test_private_repo_without_token_is_not_found(
-    router: Router, workers: dict[str, StubWorker]
-) -> None:
+async def test_private_repo_without_token_is_not_found(router: Router, workers: dict[str, StubWorker]) -> None:
     async with router(hf_token=None) as client:
         r = await client.post("/models/tiny/sdxl-lora-private", json=PROMPT)
     assert_error(r, 404, "repo_not_found")
@@ -297,16 +293,12 @@ async def test_private_repo_without_token_is_not_found(
     ("error_type", "status"),
     [("adapter_corrupt", 400), ("adapter_incompatible", 400), ("job_failed", 500), ("what_is_this", 500)],
 )
-async def test_failed_job_maps_through_the_table(
-    router: Router, redis_url: str, error_type: str, status: int
-) -> None:
+async def test_failed_job_maps_through_the_table(router: Router, redis_url: str, error_type: str, status: int) -> None:
     with StubWorker(redis_url, SDXL, "failing", mode="fail") as worker:
         worker.failure = (error_type, "it broke")
         async with router() as client:
             r = await client.post("/models/tiny/sdxl-lora-nan", json=PROMPT)
-    body = assert_error(
-        r, status, error_type if status != 500 or error_type == "job_failed" else "internal_error"
-    )
+    body = assert_error(r, status, error_type if status != 500 or error_type == "job_failed" else "internal_error")
     assert body["error"] == "it broke"
     assert r.headers["x-request-id"] == worker.jobs[0].id
 
@@ -324,9 +316,7 @@ async def test_no_worker_is_503_with_retry_after(router: Router, redis_url: str)
 async def test_queue_full_is_429(router: Router, redis_url: str) -> None:
     with StubWorker(redis_url, SDXL, "idle", mode="idle"):
         async with router(queue_max=2, request_timeout_s=1.5) as client:
-            waiting = [
-                asyncio.create_task(client.post("/models/tiny/sdxl-base", json=PROMPT)) for _ in range(2)
-            ]
+            waiting = [asyncio.create_task(client.post("/models/tiny/sdxl-base", json=PROMPT)) for _ in range(2)]
             await asyncio.sleep(0.4)
             r = await client.post("/models/tiny/sdxl-base", json=PROMPT)
             timed_out = await asyncio.gather(*waiting)
@@ -394,9 +384,7 @@ async def test_stale_metadata_serves_while_the_hub_is_down(
         unknown = await client.post("/models/tiny/sdxl-lora-peft", json=PROMPT)
         fast = time.monotonic() - start
     assert (first.status_code, again.status_code) == (200, 200)
-    assert [j.adapters[0].revision for j in workers[SDXL].jobs] == [
-        workers[SDXL].jobs[0].adapters[0].revision
-    ] * 2
+    assert [j.adapters[0].revision for j in workers[SDXL].jobs] == [workers[SDXL].jobs[0].adapters[0].revision] * 2
     assert_error(unknown, 503, "hub_unavailable")
     assert fast < 1.0  # the Hub is known down: no wait for a timeout
 
@@ -477,9 +465,7 @@ async def test_accept_formats(
         ("/models/tiny%2Fsdxl-base%20", b'{"inputs": "a"}'),
     ],
 )
-async def test_invalid_requests_are_422(
-    router: Router, workers: dict[str, StubWorker], path: str, raw: bytes
-) -> None:
+async def test_invalid_requests_are_422(router: Router, workers: dict[str, StubWorker], path: str, raw: bytes) -> None:
     async with router() as client:
         r = await client.post(path, content=raw, headers={"content-type": "application/json"})
     body = assert_error(r, 422, "invalid_request")
@@ -521,12 +507,8 @@ async def test_health_ready_status(router: Router, workers: dict[str, StubWorker
 async def test_api_key(router: Router, workers: dict[str, StubWorker]) -> None:
     async with router(api_key="sekrit") as client:
         missing = await client.post("/models/tiny/sdxl-base", json=PROMPT)
-        wrong = await client.post(
-            "/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer nope"}
-        )
-        good = await client.post(
-            "/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer sekrit"}
-        )
+        wrong = await client.post("/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer nope"})
+        good = await client.post("/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer sekrit"})
         status = await client.get("/status")
         health = await client.get("/health")
     assert_error(missing, 401, "unauthorized")
@@ -565,13 +547,9 @@ async def test_client_disconnect_cancels_the_job(redis_url: str, devhub_url: str
     """Under a real uvicorn: a client that gives up has its queued job removed, not run later."""
     import uvicorn
 
-    settings = RouterSettings(
-        redis_url=redis_url, hf_endpoint=devhub_url, pools=[SDXL, SD15], request_timeout_s=30
-    )
+    settings = RouterSettings(redis_url=redis_url, hf_endpoint=devhub_url, pools=[SDXL, SD15], request_timeout_s=30)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     check = redis.Redis.from_url(redis_url)

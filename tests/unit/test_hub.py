@@ -45,9 +45,7 @@ def test_lora_goes_to_its_base_pool_pinned_to_its_sha() -> None:
 
 
 def test_served_base_runs_plain() -> None:
-    base = RepoInfo(
-        id="tiny/sd15-base", sha=SHA, tags=("diffusers", "text-to-image"), pipeline_tag="text-to-image"
-    )
+    base = RepoInfo(id="tiny/sd15-base", sha=SHA, tags=("diffusers", "text-to-image"), pipeline_tag="text-to-image")
     route = classify(base, SERVED)
     assert (route.kind, route.pool, route.adapter) == ("base", "tiny/sd15-base", None)
 
@@ -67,10 +65,7 @@ def test_list_base_model_picks_the_first_served_in_preference_order() -> None:
 def test_base_model_from_hub_tags_when_the_card_has_none() -> None:
     tags = ("lora", "base_model:tiny/sd15-base", "base_model:adapter:tiny/sdxl-base")
     assert classify(lora(base_model=None, tags=tags), SERVED).pool == "tiny/sdxl-base"
-    assert (
-        classify(lora(base_model=None, tags=("lora", "base_model:tiny/sd15-base")), SERVED).pool
-        == "tiny/sd15-base"
-    )
+    assert classify(lora(base_model=None, tags=("lora", "base_model:tiny/sd15-base")), SERVED).pool == "tiny/sd15-base"
 
 
 def test_lora_without_base_model_is_unsupported() -> None:
@@ -92,9 +87,7 @@ def test_text_to_image_base_not_served() -> None:
 
 
 def test_neither_lora_nor_pipeline_is_unsupported() -> None:
-    bert = RepoInfo(
-        id="tiny/not-a-pipeline", sha=SHA, pipeline_tag="text-classification", tags=("transformers",)
-    )
+    bert = RepoInfo(id="tiny/not-a-pipeline", sha=SHA, pipeline_tag="text-classification", tags=("transformers",))
     with pytest.raises(errors.UnsupportedModel, match="neither"):
         classify(bert, SERVED)
 
@@ -171,9 +164,7 @@ def test_pick_weight_refuses(names: list[str]) -> None:
 
 
 def test_from_model_info() -> None:
-    sibling = SimpleNamespace(
-        rfilename="pytorch_lora_weights.safetensors", size=None, lfs=SimpleNamespace(size=77)
-    )
+    sibling = SimpleNamespace(rfilename="pytorch_lora_weights.safetensors", size=None, lfs=SimpleNamespace(size=77))
     info = SimpleNamespace(
         id="tiny/x",
         sha=SHA,

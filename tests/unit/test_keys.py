@@ -10,11 +10,7 @@ POOL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 
 def _key_functions() -> dict[str, object]:
-    return {
-        name: fn
-        for name, fn in inspect.getmembers(keys, inspect.isfunction)
-        if fn.__module__ == keys.__name__
-    }
+    return {name: fn for name, fn in inspect.getmembers(keys, inspect.isfunction) if fn.__module__ == keys.__name__}
 
 
 def test_every_key_has_the_prefix_and_a_distinct_kind() -> None:

@@ -308,9 +308,7 @@ def test_the_choice_is_live_and_does_not_depend_on_input_order(
 
 @settings(max_examples=100, deadline=None)
 @given(pools, ADAPTERS)
-def test_never_an_overloaded_worker_when_a_live_one_has_room(
-    workers: list[WorkerView], adapter: str | None
-) -> None:
+def test_never_an_overloaded_worker_when_a_live_one_has_room(workers: list[WorkerView], adapter: str | None) -> None:
     policy = replace(POLICY, max_holders=len(workers) + 1)  # the spread bound never binds
     chosen = choose_worker(adapter, workers, policy, NOW)
     live = [w for w in workers if is_live(w, policy, NOW)]

@@ -59,9 +59,7 @@ def test_parse_body_refuses(raw: bytes, words: str) -> None:
 def test_validation_message_does_not_echo_input() -> None:
     secret = "s3cr3t-" * 10
     with pytest.raises(errors.InvalidRequest) as info:
-        parse_body(
-            json.dumps({"inputs": "a", "parameters": {"negative_prompt": 1, "width": secret}}).encode()
-        )
+        parse_body(json.dumps({"inputs": "a", "parameters": {"negative_prompt": 1, "width": secret}}).encode())
     assert secret not in info.value.message
 
 
@@ -114,9 +112,7 @@ def test_single_lora_with_scale() -> None:
 
 
 def test_base_with_composed_adapters() -> None:
-    pool, adapters = compose(
-        base(SDXL), [(lora("t/a", SDXL), 0.7), (lora("t/b", SD15, SDXL), 0.2)], lora_scale=None
-    )
+    pool, adapters = compose(base(SDXL), [(lora("t/a", SDXL), 0.7), (lora("t/b", SD15, SDXL), 0.2)], lora_scale=None)
     assert pool == SDXL
     assert [(a.repo_id, a.scale) for a in adapters] == [("t/a", 0.7), ("t/b", 0.2)]
 

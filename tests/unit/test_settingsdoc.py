@@ -45,9 +45,7 @@ def _probe_value(annotation: Any, default: Any) -> str | None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
-def test_each_documented_name_is_read_by_the_class(
-    cls: type[BaseSettings], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_each_documented_name_is_read_by_the_class(cls: type[BaseSettings], monkeypatch: pytest.MonkeyPatch) -> None:
     """Setting the variable changes the field, or is refused by its validation: either way it is read."""
     for name, field in cls.model_fields.items():
         baseline = getattr(cls(), name)

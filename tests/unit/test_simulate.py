@@ -66,9 +66,7 @@ def test_same_seed_same_numbers() -> None:
     assert fleet_run(sim, a, FLEET, 600.0).latencies == fleet_run(sim, b, FLEET, 600.0).latencies
 
 
-def test_the_command_prints_its_table_and_draws_the_plot(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_command_prints_its_table_and_draws_the_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "latency.png"
     assert simulate.main(["--quick", "--hours", "0.25", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
