@@ -41,7 +41,8 @@ system-deps:
 run: setup
 	$(PY) -m lorafarm.cli run $(RUN_ARGS)
 
-test: setup
+# Lint first (cheap), then the whole suite: unit, integration, e2e, reliability, browser, deploy.
+test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
