@@ -78,6 +78,8 @@ class AdapterStore:
             max_bytes=self._settings.max_adapter_bytes,
             max_rank=self._settings.max_rank,
             pipeline_cls=self._pipeline_cls,
+            # Maps kohya files that use the original Stability layer names (input_blocks...).
+            unet_config=getattr(getattr(self._engine.pipe, "unet", None), "config", None),
         )
         parsed = self._engine.stage(parsed)
         self.cache.put(ref.key, parsed)

@@ -330,11 +330,11 @@ operations = st.lists(
         st.tuples(st.just("restore"), st.just([]), st.just("")),
     ),
     min_size=1,
-    max_size=6,
+    max_size=8,
 )
 
 
-@settings(max_examples=25, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=operations)
 def test_any_sequence_then_restore_is_bit_exact(
     ops: list[tuple[str, list[tuple[str, float]], str]],
