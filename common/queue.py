@@ -536,7 +536,8 @@ def _salvage_job_id(raw: bytes | str) -> str | None:
 
 
 @asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
+async def redis_errors() -> AsyncIterator[None]:
+    """Turn a Redis outage into ``RedisUnavailable`` (503 with ``Retry-After``)."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -571,12 +572,12 @@ class JobQueue:
 
     async def ping(self) -> None:
         """Raise ``RedisUnavailable`` unless Redis answers."""
-        async with _redis_errors():
+        async with redis_errors():
             await self.redis.ping()
 
     async def live_workers(self, pool: str) -> list[WorkerState]:
         """Workers of the pool whose heartbeat has not expired."""
-        async with _redis_errors():
+        async with redis_errors():
             # The key's own expiry is the truth; the score window (with slack for clock skew) only prefilters.
             since = time.time() - 2 * self.worker_ttl_s
             ids: Any = await self.redis.zrangebyscore(keys.pool_workers(pool), since, "+inf")
@@ -595,14 +596,14 @@ class JobQueue:
 
     async def streams(self, pool: str) -> list[str]:
         """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
-        async with _redis_errors():
+        async with redis_errors():
             members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
         return [keys.pool_stream(pool), *(keys.worker_stream(pool, _text(m)) for m in members)]
 
     async def depth(self, pool: str) -> int:
         """Jobs of the pool waiting or in hand, on all its streams."""
         streams = await self.streams(pool)
-        async with _redis_errors():
+        async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)
             for stream in streams:
                 pipe.xlen(stream)
@@ -622,7 +623,7 @@ class JobQueue:
         target = keys.worker_stream(job.pool, worker_id) if worker_id else keys.pool_stream(job.pool)
         queued = JobStatus(job_id=job.id, state="queued").model_dump_json()
         counted = await self.streams(job.pool)
-        async with _redis_errors():
+        async with redis_errors():
             entry_id = await self._submit(
                 keys=[target, keys.job_status(job.id), keys.job_entry(job.id), *counted],
                 args=[self.queue_max, job.model_dump_json(), queued, keys.RESULT_TTL_S],
@@ -657,7 +658,7 @@ class JobQueue:
                 if stop is not None and await stop():
                     return None
                 # Short blocks keep each read under the socket timeout and let ``stop`` be polled.
-                async with _redis_errors():
+                async with redis_errors():
                     await self.waiter.blpop([done], timeout=max(0.01, min(remaining, self.poll_s)))
             except errors.RedisUnavailable:
                 if remaining <= 0:
@@ -667,19 +668,19 @@ class JobQueue:
 
     async def result(self, job_id: str) -> tuple[JobResult, bytes | None] | None:
         """The job's published result and image, or None when there is none (yet)."""
-        async with _redis_errors():
+        async with redis_errors():
             raw = await self.redis.hgetall(keys.job_result(job_id))
         return _read_result(raw)
 
     async def status(self, job_id: str) -> JobStatus | None:
         """The job's latest state, or None when unknown or expired."""
-        async with _redis_errors():
+        async with redis_errors():
             raw = await self.redis.get(keys.job_status(job_id))
         return None if raw is None else JobStatus.model_validate_json(raw)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel the job: workers drop it unrun. True when it was removed from its stream unclaimed."""
-        async with _redis_errors():
+        async with redis_errors():
             await self.redis.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
             where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
             if where[0] is None or where[1] is None:

@@ -23,9 +23,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import errors, keys
-from common.queue import JobQueue
+from common.queue import JobQueue, redis_errors
 from common.schemas import WorkerState
-from router.tracker import redis_errors
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 

@@ -15,8 +15,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from common import errors, keys
-from common.queue import REDIS_RETRY_AFTER_S
+from common import keys
+from common.queue import redis_errors
 from common.schemas import JobStatus
 
 # Delete the key only while it still names this job (a retry may have bound it since).
@@ -28,17 +28,6 @@ return 0
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
-    """Turn a Redis outage into ``RedisUnavailable`` (503 with ``Retry-After``)."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise errors.RedisUnavailable(
-            "the job queue is unavailable, try again shortly", retry_after=REDIS_RETRY_AFTER_S
-        ) from exc
 
 
 class JobTracker:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import redis
 
@@ -103,24 +103,22 @@ class Worker:
 
     def _next(self) -> Delivery:
         """The backlog job to serve now: those for the fused adapters first, none starved."""
-        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
-        current = adapters_key(self._fused_refs())
-        first = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)[0]
-        delivery = next(d for d in self.backlog if d.job.id == first.job_id)
+        delivery = self._first_in_order(adapters_key(self._fused_refs()))
         self.backlog.remove(delivery)
         return delivery
+
+    def _first_in_order(self, current: str | None) -> Delivery:
+        """The backlog job ``order_queue`` puts first after adapters ``current``."""
+        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+        first = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)[0]
+        return next(d for d in self.backlog if d.job.id == first.job_id)
 
     def _prefetch_after(self, delivery: Delivery) -> None:
         """Fetch and parse the next job's adapters while this one runs."""
         if not self.settings.prefetch:
             return
-        following: Job | None = None
         if self.backlog:
-            queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
-            plan = order_queue(
-                adapters_key(delivery.job.adapters), queued, time.time(), self.settings.reorder_max_age_s
-            )
-            following = next(d.job for d in self.backlog if d.job.id == plan[0].job_id)
+            following: Job | None = self._first_in_order(adapters_key(delivery.job.adapters)).job
         else:
             following = self.queue.peek()
         for ref in following.adapters if following else []:
@@ -138,17 +136,7 @@ class Worker:
         """
         job = delivery.job
         if self._dropped(job):
-            self._finish(
-                delivery,
-                JobResult(
-                    job_id=job.id,
-                    status="cancelled",
-                    worker_id=self.worker_id,
-                    error="the job was cancelled before it ran",
-                    error_type=errors.JobCancelled.error_type,
-                ),
-                None,
-            )
+            self._settle(delivery, "cancelled", "the job was cancelled before it ran", errors.JobCancelled.error_type)
             return
         self.status, self.current_job, self.current_started_at = "busy", job.id, time.time()
         self.metrics.queue_wait_seconds.observe(max(0.0, time.time() - job.enqueued_at))
@@ -157,17 +145,7 @@ class Worker:
             self._run_job(delivery)
         except errors.LorafarmError as exc:
             log.info("event=job_failed job=%s error_type=%s error=%s", job.id, exc.error_type, exc.message)
-            self._finish(
-                delivery,
-                JobResult(
-                    job_id=job.id,
-                    status="failed",
-                    worker_id=self.worker_id,
-                    error=exc.message,
-                    error_type=exc.error_type,
-                ),
-                None,
-            )
+            self._settle(delivery, "failed", exc.message, exc.error_type)
         except _REDIS_DOWN:
             raise
         except Exception:
@@ -197,17 +175,7 @@ class Worker:
         self.metrics.inference_seconds.observe(inference_s)
         self.inference_s = _ewma(self.inference_s, inference_s)
         if cancelled.is_set():
-            self._finish(
-                delivery,
-                JobResult(
-                    job_id=job.id,
-                    status="cancelled",
-                    worker_id=self.worker_id,
-                    error="the job was cancelled while it ran",
-                    error_type=errors.JobCancelled.error_type,
-                ),
-                None,
-            )
+            self._settle(delivery, "cancelled", "the job was cancelled while it ran", errors.JobCancelled.error_type)
             return
         data, content_type = encode(image, job.format)
         result = JobResult(
@@ -236,6 +204,13 @@ class Worker:
         self.queue.ack(delivery.entry_id, delivery.stream)
         self.metrics.job(result.status)
         self.jobs_done += 1
+
+    def _settle(self, delivery: Delivery, status: Literal["failed", "cancelled"], error: str, error_type: str) -> None:
+        """Publish a result without an image (failed or cancelled) and acknowledge the job."""
+        result = JobResult(
+            job_id=delivery.job.id, status=status, worker_id=self.worker_id, error=error, error_type=error_type
+        )
+        self._finish(delivery, result, None)
 
     def _dropped(self, job: Job) -> bool:
         if job.deadline is not None and time.time() > job.deadline:

@@ -35,37 +35,44 @@ class Swapper(Protocol):
     def fetch_s(self) -> float | None: ...
 
 
-def _wanted(refs: list[AdapterRef]) -> tuple[tuple[str, float], ...]:
-    return tuple((ref.key, ref.scale) for ref in refs)
+class _Tracked:
+    """What both swappers share: which adapters (and scales) are active, and skipping a no-op swap."""
 
-
-class EngineSwapper:
-    """lorafarm: parsed adapters from the store, fused in one pass from pristine copies."""
-
-    def __init__(self, engine: Any, store: AdapterStore) -> None:
-        self.engine = engine
-        self.store = store
-        self._active: tuple[tuple[str, float], ...] = ()
+    def __init__(self) -> None:
         self._refs: list[AdapterRef] = []
 
     def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
-        wanted = _wanted(refs)
-        if wanted == self._active:
+        if [(r.key, r.scale) for r in refs] == [(r.key, r.scale) for r in self._refs]:
             return SwapOutcome(False, 0.0)
         start = time.perf_counter()
+        self._switch(refs)
+        self._refs = list(refs)
+        return SwapOutcome(True, time.perf_counter() - start)
+
+    def _switch(self, refs: list[AdapterRef]) -> None:
+        raise NotImplementedError
+
+    def active(self) -> list[str]:
+        return [ref.key for ref in self._refs]
+
+    def active_refs(self) -> list[AdapterRef]:
+        return list(self._refs)
+
+
+class EngineSwapper(_Tracked):
+    """lorafarm: parsed adapters from the store, fused in one pass from pristine copies."""
+
+    def __init__(self, engine: Any, store: AdapterStore) -> None:
+        super().__init__()
+        self.engine = engine
+        self.store = store
+
+    def _switch(self, refs: list[AdapterRef]) -> None:
         parsed = [(self.store.get(ref), ref.scale) for ref in refs]
         if parsed:
             self.engine.apply(parsed)
         else:
             self.engine.restore()
-        self._active, self._refs = wanted, list(refs)
-        return SwapOutcome(True, time.perf_counter() - start)
-
-    def active(self) -> list[str]:
-        return [key for key, _ in self._active]
-
-    def active_refs(self) -> list[AdapterRef]:
-        return list(self._refs)
 
     def prefetch(self, ref: AdapterRef) -> None:
         self.store.prefetch(ref)
@@ -77,24 +84,19 @@ class EngineSwapper:
         return self.store.fetch_s
 
 
-class StockSwapper:
+class StockSwapper(_Tracked):
     """The reference system: diffusers load_lora_weights + fuse_lora, then unfuse_lora + unload."""
 
     def __init__(self, pipe: Any, settings: WorkerSettings) -> None:
+        super().__init__()
         self.pipe = pipe
         self.settings = settings
-        self._active: tuple[tuple[str, float], ...] = ()
-        self._refs: list[AdapterRef] = []
 
-    def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
-        wanted = _wanted(refs)
-        if wanted == self._active:
-            return SwapOutcome(False, 0.0)
-        start = time.perf_counter()
-        if self._active:
+    def _switch(self, refs: list[AdapterRef]) -> None:
+        if self._refs:
             self.pipe.unfuse_lora()
             self.pipe.unload_lora_weights()
-        self._active = ()
+            self._refs = []
         if refs:
             names = [f"a{i}" for i in range(len(refs))]
             for name, ref in zip(names, refs, strict=True):
@@ -102,14 +104,6 @@ class StockSwapper:
                 self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             self.pipe.set_adapters(names, [ref.scale for ref in refs])
             self.pipe.fuse_lora(adapter_names=names)
-        self._active, self._refs = wanted, list(refs)
-        return SwapOutcome(True, time.perf_counter() - start)
-
-    def active(self) -> list[str]:
-        return [key for key, _ in self._active]
-
-    def active_refs(self) -> list[AdapterRef]:
-        return list(self._refs)
 
     def prefetch(self, ref: AdapterRef) -> None:
         return
