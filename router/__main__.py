@@ -30,6 +30,7 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         access_log=False,  # the router logs one structured line per request itself
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -77,6 +77,14 @@ class RouterSettings(CommonSettings):
     shutdown_grace_s: float = Field(
         default=130.0, ge=0, description="On SIGTERM, seconds to let in-flight requests finish."
     )
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description=(
+            "Seconds an idle keep-alive connection stays open. Keep it above the idle timeout of any load "
+            "balancer in front (60 s on most), or a request sent as the router closes the socket is lost."
+        ),
+    )
 
     @field_validator("pools", "cors_origins", mode="before")
     @classmethod

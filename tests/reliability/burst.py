@@ -19,6 +19,7 @@ async def burst(url: str, n: int, concurrency: int, payload: dict) -> dict:
     statuses: Counter[str] = Counter()
     error_types: Counter[str] = Counter()
     no_retry_after = transport_errors = 0
+    transport_kinds: Counter[str] = Counter()
     slowest = 0.0
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -29,8 +30,9 @@ async def burst(url: str, n: int, concurrency: int, payload: dict) -> dict:
             start = time.perf_counter()
             try:
                 resp = await client.post(url, json=payload | {"inputs": f"{payload['inputs']} {i}"})
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 transport_errors += 1
+                transport_kinds[f"{type(exc).__name__}: {exc}"] += 1
                 return
             slowest = max(slowest, time.perf_counter() - start)
             statuses[str(resp.status_code)] += 1
@@ -46,6 +48,7 @@ async def burst(url: str, n: int, concurrency: int, payload: dict) -> dict:
         "error_types": dict(error_types),
         "no_retry_after": no_retry_after,
         "transport_errors": transport_errors,
+        "transport_kinds": dict(transport_kinds),
         "slowest_s": round(slowest, 3),
     }
 

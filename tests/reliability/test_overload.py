@@ -61,7 +61,7 @@ def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm) 
         proc = start_burst(f"{farm.router_url}/models/{SDXL}", 1000, 100, body())
         summary = burst_summary(proc, timeout=150)
     print(f"rss baseline={baseline:.1f}MB peak={rss.peak:.1f}MB after={rss_mb(pid):.1f}MB burst={summary}")
-    assert summary["transport_errors"] == 0
+    assert summary["transport_errors"] == 0, summary
     assert set(summary["statuses"]) <= {"200", "429"}, summary
     assert sum(summary["statuses"].values()) == 1000
     assert summary["statuses"].get("429", 0) > 0
