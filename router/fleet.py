@@ -1,13 +1,15 @@
 """From worker heartbeats to a placement: the router's view of a pool. Pure, no I/O.
 
 Heartbeats arrive every couple of seconds; jobs this router placed since a worker's last
-heartbeat are added to that worker's queue so a burst does not pile on one worker.
+heartbeat are added to that worker's queue so a burst does not pile on one worker, unless the
+router has seen them finish already (a fast job can be done before the next heartbeat).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from common.schemas import AdapterRef, WorkerState, adapters_key
 from router.placement import Policy, WorkerView, adapter_key, choose_worker
@@ -34,15 +36,23 @@ def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> Wor
     )
 
 
+class Placed(NamedTuple):
+    at: float
+    adapter: str | None
+    job_id: str
+
+
 @dataclass
 class Fleet:
     """Placement over heartbeats, remembering what this router placed since each heartbeat."""
 
     policy: Policy
-    #: worker id -> [(time placed, adapter key)], dropped once a newer heartbeat includes them.
-    _placed: dict[str, list[tuple[float, str | None]]] = field(default_factory=dict)
+    #: worker id -> jobs placed there, dropped once a newer heartbeat includes them or they finish.
+    _placed: dict[str, list[Placed]] = field(default_factory=dict)
 
-    def place(self, adapters: Sequence[AdapterRef], workers: Sequence[WorkerState], now: float) -> str | None:
+    def place(
+        self, adapters: Sequence[AdapterRef], workers: Sequence[WorkerState], now: float, job_id: str = ""
+    ) -> str | None:
         """The worker the job should go to (``None``: the pool's shared stream).
 
         Overloaded workers are not queued on (``Policy.spill_to_shared``): the job goes to the
@@ -53,13 +63,22 @@ class Fleet:
         chosen = choose_worker(key, views.values(), self.policy, now)
         if chosen is None:
             return None
-        self._placed.setdefault(chosen, []).append((now, key))
+        self._placed.setdefault(chosen, []).append(Placed(now, key, job_id))
         return chosen
 
+    def finished(self, job_id: str) -> None:
+        """The job's result arrived: it no longer waits on its worker, heartbeat or not."""
+        for worker_id, placed in list(self._placed.items()):
+            kept = [p for p in placed if p.job_id != job_id]
+            if kept:
+                self._placed[worker_id] = kept
+            else:
+                del self._placed[worker_id]
+
     def _since(self, state: WorkerState) -> list[str | None]:
-        placed = [(t, k) for t, k in self._placed.get(state.worker_id, []) if t > state.last_seen]
+        placed = [p for p in self._placed.get(state.worker_id, []) if p.at > state.last_seen]
         if placed:
             self._placed[state.worker_id] = placed
         else:
             self._placed.pop(state.worker_id, None)
-        return [k for _, k in placed]
+        return [p.adapter for p in placed]

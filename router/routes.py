@@ -247,7 +247,7 @@ async def plan_job(
 async def enqueue(svc: Services, job: Job) -> str:
     """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream."""
     workers = await svc.queue.live_workers(job.pool)
-    target = svc.fleet.place(job.adapters, workers, time.time()) if svc.settings.affinity else None
+    target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if svc.settings.affinity else None
     return await svc.queue.submit(job, worker_id=target, workers=workers)
 
 
@@ -263,6 +263,8 @@ async def generate(request: Request, repo_id: str, body: InferenceRequest, *, pr
     except asyncio.CancelledError:
         await asyncio.shield(_cancel_quietly(svc.queue, job.id))
         raise
+    finally:
+        svc.fleet.finished(job.id)
     if found is None:
         await _cancel_quietly(svc.queue, job.id)
         if await request.is_disconnected():

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from common.queue import WorkerQueue
+from worker.calibrate import calibrate
 from worker.engine import SwapEngine
 from worker.loop import Worker
 from worker.metrics import WorkerMetrics
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         engine = SwapEngine(pipe, pristine=settings.pristine)
         store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
         metrics.watch_cache(store.cache.counts)
-        swapper = EngineSwapper(engine, store)
+        costs = calibrate(engine, pipe) if settings.swap_mode == "auto" else None
+        swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
     client = redis.Redis.from_url(
         settings.redis_url,

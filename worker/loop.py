@@ -16,7 +16,7 @@ from router.placement import order_queue
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
 from worker.settings import WorkerSettings
-from worker.swapper import Swapper
+from worker.swapper import Outlook, Swapper
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,15 @@ class Worker:
         for ref in following.adapters if following else []:
             self.swapper.prefetch(ref)
 
+    def _outlook(self, job: Job) -> Outlook:
+        """The job's steps and the adapter sets of the backlog, in the order it will be served."""
+        current = adapters_key(job.adapters)
+        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+        order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s) if queued else []
+        by_id = {d.job.id: d.job for d in self.backlog}
+        upcoming = [[ref.key for ref in by_id[entry.job_id].adapters] for entry in order]
+        return Outlook(steps=job.num_inference_steps or self.settings.default_steps, upcoming=upcoming)
+
     def _fused_refs(self) -> list[Any]:
         return self.swapper.active_refs()
 
@@ -160,9 +169,9 @@ class Worker:
     def _run_job(self, delivery: Delivery) -> None:
         job = delivery.job
         start = time.perf_counter()
-        outcome = self.swapper.swap(job.adapters)
+        outcome = self.swapper.swap(job.adapters, self._outlook(job))
         if outcome.changed:
-            self.metrics.swaps.inc()
+            self.metrics.swap(outcome.mode)
             self.swap_s = _ewma(self.swap_s, outcome.seconds)
             self.last_swap_at = time.time()
         self.metrics.swap_seconds.observe(outcome.seconds)
@@ -190,10 +199,11 @@ class Worker:
         )
         self._finish(delivery, result, data)
         log.info(
-            "event=job_done job=%s adapters=%s warm=%s swap_s=%.4f inference_s=%.3f",
+            "event=job_done job=%s adapters=%s warm=%s mode=%s swap_s=%.4f inference_s=%.3f",
             job.id,
             ",".join(r.key for r in job.adapters) or "-",
             result.warm,
+            outcome.mode,
             outcome.seconds,
             inference_s,
         )

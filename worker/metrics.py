@@ -45,8 +45,11 @@ class WorkerMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.swaps = Counter(
-            "lorafarm_adapter_swaps", "Jobs that needed an adapter swap.", ["pool"], registry=self.registry
-        ).labels(**labels)
+            "lorafarm_adapter_swaps",
+            "Jobs that needed an adapter swap, by how the adapters were applied.",
+            ["pool", "mode"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "lorafarm_worker_ready",
             "1 when the base is warm and Redis reachable.",
@@ -54,6 +57,9 @@ class WorkerMetrics:
             registry=self.registry,
         ).labels(**labels)
         self.pool = pool
+
+    def swap(self, mode: str) -> None:
+        self.swaps.labels(pool=self.pool, mode=mode).inc()
 
     def job(self, status: str) -> None:
         self.jobs.labels(pool=self.pool, status=status).inc()

@@ -51,6 +51,14 @@ class WorkerSettings(CommonSettings):
         default=9100, ge=0, le=65535, description="Port of the worker's /health, /ready, /metrics (0: off)."
     )
     worker_host: str = Field(default="127.0.0.1", description="Bind address of the worker's probe server.")
+    swap_mode: Literal["fused", "unfused", "auto"] = Field(
+        default="fused",
+        description=(
+            "How adapters are applied: fused (base speed; the same request always gives the same bytes), "
+            "unfused (cheap swaps, slower steps: few-step bases), or auto (per swap, the cheaper for the "
+            "queued reuse, from costs measured at start; images may differ in the last bits between modes)."
+        ),
+    )
     stock_swap: bool = Field(
         default=False,
         description="Reference behaviour (benchmarks): diffusers load+fuse, unfuse+unload on every change.",

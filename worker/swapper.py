@@ -7,22 +7,35 @@ change), kept behind ``stock_swap`` so benchmarks compare both in the same farm.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from common.schemas import AdapterRef
+from worker.policy import CostTracker, Mode, choose_mode, expected_jobs
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore, fetch_file
+
+SwapMode = Literal["fused", "unfused", "auto"]
 
 
 @dataclass(frozen=True)
 class SwapOutcome:
     changed: bool
     seconds: float
+    mode: Mode = "fused"
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """What the worker knows of the work ahead: the job's steps, the adapter sets queued after it."""
+
+    steps: int = 1
+    upcoming: Sequence[Sequence[str]] = ()
 
 
 class Swapper(Protocol):
-    def swap(self, refs: list[AdapterRef]) -> SwapOutcome: ...
+    def swap(self, refs: list[AdapterRef], outlook: Outlook | None = None) -> SwapOutcome: ...
 
     def active(self) -> list[str]: ...
 
@@ -40,17 +53,25 @@ class _Tracked:
 
     def __init__(self) -> None:
         self._refs: list[AdapterRef] = []
+        self._mode: Mode = "fused"
 
-    def swap(self, refs: list[AdapterRef]) -> SwapOutcome:
+    def swap(self, refs: list[AdapterRef], outlook: Outlook | None = None) -> SwapOutcome:
         if [(r.key, r.scale) for r in refs] == [(r.key, r.scale) for r in self._refs]:
-            return SwapOutcome(False, 0.0)
+            return SwapOutcome(False, 0.0, self._mode)
         start = time.perf_counter()
-        self._switch(refs)
+        try:
+            self._mode = self._switch(refs, outlook or Outlook())
+        except BaseException:
+            self._resync()
+            raise
         self._refs = list(refs)
-        return SwapOutcome(True, time.perf_counter() - start)
+        return SwapOutcome(True, time.perf_counter() - start, self._mode)
 
-    def _switch(self, refs: list[AdapterRef]) -> None:
+    def _switch(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
         raise NotImplementedError
+
+    def _resync(self) -> None:
+        """After a failed switch: forget adapters the base no longer carries."""
 
     def active(self) -> list[str]:
         return [ref.key for ref in self._refs]
@@ -60,19 +81,44 @@ class _Tracked:
 
 
 class EngineSwapper(_Tracked):
-    """lorafarm: parsed adapters from the store, fused in one pass from pristine copies."""
+    """lorafarm: parsed adapters from the store, applied in one pass from pristine copies.
 
-    def __init__(self, engine: Any, store: AdapterStore) -> None:
+    ``mode`` fixes fused or unfused; ``auto`` asks ``choose_mode`` with the costs measured so far
+    (``costs``, seeded by ``worker.calibrate``) and the run of queued jobs wanting the same set.
+    """
+
+    def __init__(
+        self, engine: Any, store: AdapterStore, *, mode: SwapMode = "fused", costs: CostTracker | None = None
+    ) -> None:
         super().__init__()
         self.engine = engine
         self.store = store
+        self.mode = mode
+        self.costs = costs or CostTracker()
 
-    def _switch(self, refs: list[AdapterRef]) -> None:
+    def _switch(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
         parsed = [(self.store.get(ref), ref.scale) for ref in refs]
-        if parsed:
-            self.engine.apply(parsed)
-        else:
+        if not parsed:
             self.engine.restore()
+            return "fused"
+        mode = self.choose(refs, outlook)
+        was = self.engine.active.mode if self.engine.active.adapters else None
+        report = self.engine.apply(parsed, mode)
+        if was in (None, mode):  # a mode change also pays the other mode's removal: not a clean sample
+            self.costs.observe("fused_apply_s" if mode == "fused" else "unfused_swap_s", report.seconds)
+        return mode
+
+    def _resync(self) -> None:
+        if not self.engine.active.adapters:  # the engine fell back to the plain base
+            self._refs, self._mode = [], "fused"
+
+    def choose(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
+        if self.mode != "auto":
+            return self.mode
+        keys = [ref.key for ref in refs]
+        fused_now = bool(self.engine.active.adapters) and self.engine.active.mode == "fused"
+        jobs = expected_jobs(keys, outlook.upcoming)
+        return choose_mode(self.costs.costs(), jobs=jobs, steps=outlook.steps, fused_now=fused_now).mode
 
     def prefetch(self, ref: AdapterRef) -> None:
         self.store.prefetch(ref)
@@ -92,7 +138,7 @@ class StockSwapper(_Tracked):
         self.pipe = pipe
         self.settings = settings
 
-    def _switch(self, refs: list[AdapterRef]) -> None:
+    def _switch(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
         if self._refs:
             self.pipe.unfuse_lora()
             self.pipe.unload_lora_weights()
@@ -104,6 +150,7 @@ class StockSwapper(_Tracked):
                 self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
             self.pipe.set_adapters(names, [ref.scale for ref in refs])
             self.pipe.fuse_lora(adapter_names=names)
+        return "fused"
 
     def prefetch(self, ref: AdapterRef) -> None:
         return
