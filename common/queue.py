@@ -58,13 +58,17 @@ _ADOPT_MIN_IDLE_MS = 500
 
 # Atomic: refuse past the bound (the pool's streams, KEYS[4..]), else enqueue on KEYS[1],
 # mark queued, remember where the entry is.
+# A job placed on a worker whose heartbeat (KEYS[4]) has expired since the placement goes to
+# the shared stream (KEYS[5]) instead: a peer may already have forgotten that worker's stream.
 _SUBMIT_LUA = """
 local n = 0
-for i = 4, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
+for i = 6, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
 if n >= tonumber(ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+local target = KEYS[1]
+if target ~= KEYS[5] and redis.call('EXISTS', KEYS[4]) == 0 then target = KEYS[5] end
+local id = redis.call('XADD', target, '*', 'job', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-redis.call('HSET', KEYS[3], 'stream', KEYS[1], 'entry_id', id)
+redis.call('HSET', KEYS[3], 'stream', target, 'entry_id', id)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return id
 """
@@ -197,8 +201,20 @@ class WorkerQueue:
         """Jobs placed on this worker (every one waiting, up to ``count``) and, with ``include_pool``,
         the next job of the shared stream; with none placed here, waits up to ``block_ms``.
 
-        Malformed entries are dead-lettered, not returned.
+        Malformed entries are dead-lettered, not returned. If this worker's stream is gone (a peer
+        forgot it while this worker's heartbeat had lapsed, or Redis lost its data), it is made
+        again and nothing is returned this round.
         """
+        try:
+            return self._claim(block_ms, include_pool=include_pool, count=count)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOGROUP"):
+                raise
+            log.warning("event=stream_recreated worker=%s error=%s", self.worker_id, exc)
+            self.ensure_group()
+            return []
+
+    def _claim(self, block_ms: int, *, include_pool: bool, count: int) -> list[Delivery]:
         own = self._read({self.own: ">"}, count=count, block=None)
         if not include_pool:
             return own
@@ -620,12 +636,14 @@ class JobQueue:
         workers = [w for w in workers if w.status != "draining"]
         if not workers:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
-        target = keys.worker_stream(job.pool, worker_id) if worker_id else keys.pool_stream(job.pool)
+        shared = keys.pool_stream(job.pool)
+        target = keys.worker_stream(job.pool, worker_id) if worker_id else shared
+        alive = keys.worker_state(worker_id) if worker_id else shared
         queued = JobStatus(job_id=job.id, state="queued").model_dump_json()
         counted = await self.streams(job.pool)
         async with redis_errors():
             entry_id = await self._submit(
-                keys=[target, keys.job_status(job.id), keys.job_entry(job.id), *counted],
+                keys=[target, keys.job_status(job.id), keys.job_entry(job.id), alive, shared, *counted],
                 args=[self.queue_max, job.model_dump_json(), queued, keys.RESULT_TTL_S],
             )
         if entry_id is None:

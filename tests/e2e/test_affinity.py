@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from lorafarm.farm import Farm, FarmConfig
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +54,17 @@ def holders(farm: Farm, repo: str) -> list[str]:
     ]
 
 
+def busy(farm: Farm, worker_id: str) -> bool:
+    status = httpx.get(f"{farm.router_url}/status", timeout=10).json()
+    return any(w["worker_id"] == worker_id and w["current_job"] for p in status["pools"] for w in p["workers"])
+
+
 def test_repeated_requests_for_an_adapter_land_where_it_is(pair: Farm) -> None:
     first = post(pair, "tiny/sdxl-lora-a")
     assert first.status_code == 200, first.text
     holder = first.headers["x-worker-id"]
-    time.sleep(1.0)  # one heartbeat: the router learns who holds it
-    assert holders(pair, "tiny/sdxl-lora-a") == [holder]
+    # A heartbeat later, the router knows who holds it.
+    wait_until(lambda: holders(pair, "tiny/sdxl-lora-a") == [holder], 10, what="the holder announced")
     for _ in range(4):
         again = post(pair, "tiny/sdxl-lora-a")
         assert again.headers["x-worker-id"] == holder
@@ -71,11 +76,11 @@ def test_killing_the_holder_mid_stream_loses_no_job(pair: Farm) -> None:
     first = post(pair, "tiny/sdxl-lora-b")
     assert first.status_code == 200, first.text
     holder = first.headers["x-worker-id"]
-    time.sleep(1.0)
+    wait_until(lambda: holders(pair, "tiny/sdxl-lora-b") == [holder], 10, what="the holder announced")
     body = {"inputs": "an elephant", "parameters": {"num_inference_steps": 30, "seed": 3}}
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(post, pair, "tiny/sdxl-lora-b", body) for _ in range(6)]
-        time.sleep(1.5)  # jobs are placed on the holder; one is running
+        wait_until(lambda: busy(pair, holder), 20, what="the holder running one of them")
         pair.kill(holder)
         answers = [f.result() for f in futures]
     assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers if r.status_code != 200]

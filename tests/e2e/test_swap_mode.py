@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from lorafarm.farm import Farm, FarmConfig
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,12 @@ def unfused(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         farm.stop()
 
 
+def done_jobs(farm: Farm, worker: str) -> list[tuple[str, str]]:
+    """(adapters, mode) of every job the worker's log says it finished."""
+    log = (farm.logs / f"{worker}.log").read_text()
+    return re.findall(r"event=job_done \S+ adapters=(\S+) warm=\S+ mode=(\w+)", log)
+
+
 def post(farm: Farm, repo: str) -> httpx.Response:
     resp = httpx.post(f"{farm.router_url}/models/{repo}", json=BODY, headers=PNG, timeout=120)
     assert resp.status_code == 200, resp.text
@@ -50,8 +57,8 @@ def test_an_unfused_worker_serves_loras_and_keeps_the_base_exact(unfused: Farm) 
     assert a.content != base.content and b.content != a.content
     assert a_again.content == a.content
     assert post(unfused, POOL).content == base.content
-    log = (unfused.logs / "worker-1.log").read_text()
-    jobs = re.findall(r"event=job_done \S+ adapters=(\S+) warm=\S+ mode=(\w+)", log)
+    # The worker logs a job a moment after it answered it.
+    jobs = wait_until(lambda: len(done_jobs(unfused, "worker-1")) >= 5 and done_jobs(unfused, "worker-1"), 10)
     with_adapters = [mode for adapters, mode in jobs if adapters != "-"]
     assert len(with_adapters) == 3 and set(with_adapters) == {"unfused"}, jobs
 
@@ -61,10 +68,15 @@ def test_an_auto_worker_measures_its_costs_before_it_announces_itself(unfused: F
     name = unfused.start_worker(POOL, {"LORAFARM_SWAP_MODE": "auto"})
     unfused.wait_workers({POOL: 1})
     post(unfused, "tiny/sdxl-lora-peft")
+    jobs = wait_until(lambda: done_jobs(unfused, name), 10)
+    assert [(adapters.split("@")[0], mode in ("fused", "unfused")) for adapters, mode in jobs] == [
+        ("tiny/sdxl-lora-peft", True)
+    ]
     log = (unfused.logs / f"{name}.log").read_text()
     found = re.search(r"event=calibrated (.*)", log)
     assert found, log[-2000:]
     costs = dict(pair.split("=") for pair in found.group(1).split())
     assert set(costs) == {"fused_apply_s", "restore_s", "unfused_swap_s", "unfused_step_s"}
     assert all(float(v) >= 0 for v in costs.values())
-    assert re.search(r"event=job_done .*adapters=tiny/sdxl-lora-peft@\S+ warm=False mode=(fused|unfused)", log)
+    # It calibrated before it was ready, so before its first job.
+    assert log.index("event=calibrated") < log.index("event=job_done")

@@ -110,6 +110,26 @@ async def test_jobs_of_a_dead_worker_are_adopted(sync_redis: redis.Redis, jobs: 
     assert sync_redis.zscore(keys.pool_workers(pool), "dead") is None
 
 
+async def test_a_job_placed_on_a_worker_that_just_died_goes_to_the_shared_stream(
+    sync_redis: redis.Redis, jobs: JobQueue, pool: str
+) -> None:
+    dying = worker(sync_redis, pool, "dying", fused=[A.key])
+    live = worker(sync_redis, pool, "live")
+    seen = await jobs.live_workers(pool)  # the router's view: "dying" holds A
+    sync_redis.delete(keys.worker_state("dying"))  # its heartbeat expires...
+    assert live.reclaim(min_idle_ms=60_000) == []  # ...and a peer forgets its (empty) stream
+    j = job(pool, A)
+    await jobs.submit(j, worker_id="dying", workers=seen)
+    assert not sync_redis.exists(keys.worker_stream(pool, "dying"))  # not recreated with nobody to read it
+    got = live.claim(block_ms=10)
+    assert [(d.job.id, d.stream) for d in got] == [(j.id, keys.pool_stream(pool))]
+    # Had "dying" only stalled, it finds its stream gone, makes it again, and takes placements anew.
+    assert dying.claim(block_ms=10) == []
+    dying.heartbeat(WorkerState(worker_id="dying", pool=pool, fused=[A.key]), ttl_s=30)
+    await jobs.submit(again := job(pool, A), worker_id="dying")
+    assert [d.job.id for d in dying.claim(block_ms=10, include_pool=False)] == [again.id]
+
+
 async def test_a_stopping_worker_hands_its_jobs_back(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
     leaving = worker(sync_redis, pool, "leaving")
     staying = worker(sync_redis, pool, "staying")

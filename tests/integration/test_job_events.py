@@ -16,6 +16,7 @@ from common.queue import WorkerQueue, async_client, sync_client
 from common.schemas import JobResult, JobStatus
 from router.events import job_events
 from router.tracker import JobTracker
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +72,8 @@ async def test_stored_state_then_published_ones_in_order_until_done(redis_url: s
     await tracker.redis.set(keys.job_status("j1"), JobStatus(job_id="j1", state="queued").model_dump_json())
 
     def work() -> None:
-        time.sleep(0.3)
+        # Publish once the event stream listens (pub/sub keeps nothing for late subscribers).
+        wait_until(lambda: queue.redis.pubsub_numsub(keys.job_events("j1"))[0][1] >= 1, 10, interval=0.01)
         for step in (1, 2, 3):
             queue.set_status(JobStatus(job_id="j1", state="running", step=step, steps=3))
         queue.set_status(JobStatus(job_id="j1", state="running", step=2, steps=3))  # late and stale

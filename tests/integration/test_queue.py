@@ -213,10 +213,12 @@ async def test_no_live_worker(sync_redis: redis.Redis, aio_redis: aioredis.Redis
     assert await q.depth(pool) == 0
 
     short = WorkerQueue(sync_redis, pool, "short")
-    short.heartbeat(WorkerState(worker_id="short", pool=pool, fused=["x@1"]), ttl_s=0.1)
+    short.heartbeat(WorkerState(worker_id="short", pool=pool, fused=["x@1"]), ttl_s=1.0)
     [state] = await q.live_workers(pool)
     assert state.fused == ["x@1"]
-    time.sleep(0.15)
+    deadline = time.monotonic() + 10
+    while await q.live_workers(pool) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert await q.live_workers(pool) == []  # its heartbeat expired
 
     draining = WorkerQueue(sync_redis, pool, "draining")

@@ -313,11 +313,18 @@ async def test_no_worker_is_503_with_retry_after(router: Router, redis_url: str)
     assert int(r.headers["retry-after"]) >= 1
 
 
+async def sdxl_depth(client: httpx.AsyncClient) -> int:
+    status = (await client.get("/status")).json()
+    return int(next(p for p in status["pools"] if p["pool"] == SDXL)["queue_depth"])
+
+
 async def test_queue_full_is_429(router: Router, redis_url: str) -> None:
     with StubWorker(redis_url, SDXL, "idle", mode="idle"):
-        async with router(queue_max=2, request_timeout_s=1.5) as client:
+        async with router(queue_max=2, request_timeout_s=5) as client:
             waiting = [asyncio.create_task(client.post("/models/tiny/sdxl-base", json=PROMPT)) for _ in range(2)]
-            await asyncio.sleep(0.4)
+            deadline = time.monotonic() + 4
+            while await sdxl_depth(client) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             r = await client.post("/models/tiny/sdxl-base", json=PROMPT)
             timed_out = await asyncio.gather(*waiting)
     assert_error(r, 429, "queue_full")
@@ -497,10 +504,15 @@ async def test_health_ready_status(router: Router, workers: dict[str, StubWorker
     assert pools[SDXL]["queue_depth"] == 0
     [worker] = pools[SDXL]["workers"]
     assert worker["worker_id"] == "stub-sdxl"
-    time.sleep(0.4)  # the stub's next heartbeat carries the adapter it fused
+    # The stub's next heartbeat carries the adapter it fused.
+    deadline = time.monotonic() + 10
     async with router() as client:
-        later = (await client.get("/status")).json()
-    fused = next(p for p in later["pools"] if p["pool"] == SDXL)["workers"][0]["fused"]
+        while True:
+            later = (await client.get("/status")).json()
+            fused = next(p for p in later["pools"] if p["pool"] == SDXL)["workers"][0]["fused"]
+            if fused or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
     assert fused and fused[0].startswith("tiny/sdxl-lora-diffusers@")
 
 

@@ -1,6 +1,6 @@
 """One farm for the whole reliability suite: redis-server (password, append-only), devhub, router, two workers.
 
-The settings are short so that faults heal within seconds: a worker is dead 1.5 s after its last
+The settings are short so that faults heal within seconds: a worker is dead 3 s after its last
 heartbeat, a claimed job is reclaimed after a 2 s lease, Hub metadata is stale after 1 s. Tests that
 need other router settings restart the router (``restarted_router``) and put it back. Each test
 kills or stops only processes of this farm, by name (Farm keeps their pids), and tests that need
@@ -25,7 +25,7 @@ REDIS_PASSWORD = "reliability-only-7f3a"
 ENV = {
     "LORAFARM_DEFAULT_STEPS": "2",
     "LORAFARM_HEARTBEAT_S": "0.3",
-    "LORAFARM_WORKER_TTL_S": "1.5",
+    "LORAFARM_WORKER_TTL_S": "3",
     "LORAFARM_LOG_LEVEL": "INFO",
 }
 WORKER_ENV = {

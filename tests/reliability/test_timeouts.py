@@ -63,7 +63,8 @@ def test_client_that_hangs_up_cancels_its_queued_job(spread: Farm) -> None:
     workers = len(running_workers(farm))
     prompt = f"nobody waits for me {uuid.uuid4().hex}"
     with ThreadPoolExecutor(workers + 1) as pool:
-        busy = [pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=50 + i)) for i in range(workers)]
+        # Long enough that no worker frees up before the hang-up (2 s) is noticed (1 s poll).
+        busy = [pool.submit(post, farm, SDXL, body(steps=2 * SLOW_STEPS, seed=50 + i)) for i in range(workers)]
         wait_until(lambda: len(busy_workers(farm)) == workers, 20, what="every worker busy")
         # This client gives up after two seconds and closes its connection.
         gone = pool.submit(post, farm, SDXL, body(prompt=prompt, seed=59), timeout=2.0)

@@ -9,14 +9,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import redis
 
 from lorafarm.farm import REPO_ROOT, Farm
+from tests.polling import wait_until
 
 SDXL = "tiny/sdxl-base"
 #: Steps that keep a tiny 64x64 job on a worker for a few seconds (about 60 ms a step here).
@@ -24,9 +23,6 @@ SLOW_STEPS = 60
 #: What an answer to a client must never hold: tracebacks, internal addresses (the Hub's, Redis's),
 #: file paths. (A client's own input may be quoted back, shortened.)
 LEAKS = ("Traceback", 'File "', "127.0.0.1", "localhost", "redis://", "/tmp/", "site-packages", "hf-cache")
-
-T = TypeVar("T")
-
 
 def body(steps: int = 2, seed: int = 7, prompt: str = "an elephant", **params: Any) -> dict[str, Any]:
     return {"inputs": prompt, "parameters": {"num_inference_steps": steps, "seed": seed, **params}}
@@ -73,18 +69,6 @@ def running_workers(farm: Farm) -> list[str]:
 def busy_workers(farm: Farm) -> dict[str, str]:
     """worker id -> id of the job in its hands."""
     return {w["worker_id"]: w["current_job"] for w in live_workers(farm) if w.get("current_job")}
-
-
-def wait_until(check: Callable[[], T], timeout: float, *, interval: float = 0.05, what: str = "") -> T:
-    """Poll ``check`` until it returns something truthy; fail the test past ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what or check}")
-        time.sleep(interval)
 
 
 def log(farm: Farm, name: str) -> str:
