@@ -24,6 +24,7 @@ SLOW_STEPS = 60
 #: file paths. (A client's own input may be quoted back, shortened.)
 LEAKS = ("Traceback", 'File "', "127.0.0.1", "localhost", "redis://", "/tmp/", "site-packages", "hf-cache")
 
+
 def body(steps: int = 2, seed: int = 7, prompt: str = "an elephant", **params: Any) -> dict[str, Any]:
     return {"inputs": prompt, "parameters": {"num_inference_steps": steps, "seed": seed, **params}}
 
