@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
     worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
     if settings.worker_port:
-        start_probe(settings.worker_host, settings.worker_port, ready=worker.ready, registry=metrics.registry)
+        start_probe(
+            settings.worker_host,
+            settings.worker_port,
+            ready=worker.ready,
+            alive=lambda: not worker.hung(),
+            registry=metrics.registry,
+        )
     # The heartbeat outlives ``stop``: while the job in hand finishes, this worker must still look
     # alive, or a live worker of the pool would adopt that job and run it a second time.
     beat_stop = threading.Event()

@@ -274,18 +274,34 @@ class Worker:
         )
 
     def heartbeat_forever(self, stop: threading.Event) -> None:
-        """Announce this worker every ``heartbeat_s`` until ``stop``; survives Redis outages."""
+        """Announce this worker every ``heartbeat_s`` until ``stop``; survives Redis outages.
+
+        While a job overruns ``max_job_s`` the worker goes silent, so that it looks dead: its peers
+        take over its jobs once the heartbeat expires, as they would from a crashed worker.
+        """
+        silent = False
         while not stop.is_set():
-            try:
-                self.queue.heartbeat(self.state(), ttl_s=self.settings.worker_ttl_s)
-                self.redis_ok = True
-            except _REDIS_DOWN:
-                self.redis_ok = False
+            if self.hung():
+                if not silent:
+                    log.error("event=worker_hung job=%s max_job_s=%g", self.current_job, self.settings.max_job_s)
+                silent = True
+            else:
+                silent = False
+                try:
+                    self.queue.heartbeat(self.state(), ttl_s=self.settings.worker_ttl_s)
+                    self.redis_ok = True
+                except _REDIS_DOWN:
+                    self.redis_ok = False
             self.metrics.ready.set(1 if self.ready() else 0)
             stop.wait(self.settings.heartbeat_s)
 
+    def hung(self) -> bool:
+        """The job in hand has run past ``max_job_s``."""
+        started = self.current_started_at
+        return started is not None and time.time() - started > self.settings.max_job_s
+
     def ready(self) -> bool:
-        return self.redis_ok and self.status in ("ready", "busy")
+        return self.redis_ok and self.status in ("ready", "busy") and not self.hung()
 
 
 def _ewma(previous: float | None, value: float, alpha: float = 0.3) -> float:

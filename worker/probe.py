@@ -1,4 +1,4 @@
-"""The worker's probe port: ``/health`` (alive), ``/ready`` (base warm, Redis reachable), ``/metrics``.
+"""The worker's probe port: ``/health`` (alive, no job hung), ``/ready`` (base warm, Redis reachable), ``/metrics``.
 
 Operational only; jobs never arrive over HTTP.
 """
@@ -12,13 +12,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def start_probe(host: str, port: int, *, ready: Callable[[], bool], registry: CollectorRegistry) -> ThreadingHTTPServer:
+def start_probe(
+    host: str,
+    port: int,
+    *,
+    ready: Callable[[], bool],
+    registry: CollectorRegistry,
+    alive: Callable[[], bool] = lambda: True,
+) -> ThreadingHTTPServer:
     """Serve the probe routes in a daemon thread; returns the server (``shutdown()`` to stop)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._send(200, b"ok\n", "text/plain")
+                ok = alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"hung\n", "text/plain")
             elif self.path == "/ready":
                 ok = ready()
                 self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")

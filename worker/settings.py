@@ -46,6 +46,14 @@ class WorkerSettings(CommonSettings):
         ge=0,
         description="Jobs queued on a worker for its fused adapter go first, unless one waited this long.",
     )
+    max_job_s: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "A job running longer than this marks the worker hung: it stops heartbeating (peers take its "
+            "jobs over after the lease) and its /health fails (the orchestrator restarts it)."
+        ),
+    )
     prefetch: bool = Field(default=True, description="Fetch and parse the next job's adapter during a job.")
     worker_port: int = Field(
         default=9100, ge=0, le=65535, description="Port of the worker's /health, /ready, /metrics (0: off)."

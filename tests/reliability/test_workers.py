@@ -14,6 +14,7 @@ from common import keys
 from common.queue import JobQueue, async_client
 from common.schemas import Job
 from lorafarm.farm import Farm
+from tests.conftest import free_port
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
@@ -21,10 +22,12 @@ from tests.reliability.tools import (
     assert_error,
     body,
     busy_workers,
+    live_workers,
     log,
     post,
     ran,
     redis_client,
+    running_workers,
     wait_until,
 )
 
@@ -161,3 +164,37 @@ def refused(url: str) -> bool:
     except httpx.TransportError:
         return False
     return False
+
+
+@pytest.mark.timeout(180)
+def test_a_job_past_max_job_s_silences_its_worker_until_it_ends(farm: Farm) -> None:
+    """A worker stuck in a job (heartbeat thread still running) must look dead, not alive and idle-less.
+
+    Its peers then take its jobs over as from a crashed worker (the SIGKILL test above proves
+    that path); here the job does end, and the worker comes back.
+    """
+    for name in running_workers(farm):
+        assert farm.terminate(name) == 0
+    probe = free_port()
+    overrun = {"LORAFARM_MAX_JOB_S": "0.5", "LORAFARM_WORKER_TTL_S": "1", "LORAFARM_WORKER_PORT": str(probe)}
+    stuck = farm.start_worker(SDXL, overrun)
+    wait_until(lambda: [w["worker_id"] for w in live_workers(farm)] == [stuck], 60, what="the worker up")
+    health = f"http://127.0.0.1:{probe}"
+    assert httpx.get(f"{health}/health", timeout=5).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, farm, SDXL, body(steps=150, seed=71, width=128, height=128))
+        wait_until(lambda: busy_workers(farm), 20, what="the job running")
+        # Past max_job_s its heartbeat stops and expires (its TTL: 1 s): the pool sees no live worker...
+        wait_until(lambda: not live_workers(farm), 15, what="the worker silent")
+        assert not pending.done()
+        # ...and the orchestrator's liveness probe would restart it.
+        assert httpx.get(f"{health}/health", timeout=5).status_code == 503
+        assert httpx.get(f"{health}/ready", timeout=5).status_code == 503
+        resp = pending.result(timeout=90)
+    assert resp.status_code == 200, resp.text
+    assert "event=worker_hung" in log(farm, stuck)
+    # The job ended: the worker announces itself again.
+    wait_until(lambda: [w["worker_id"] for w in live_workers(farm)] == [stuck], 15, what="the worker back")
+    assert httpx.get(f"{health}/health", timeout=5).status_code == 200
+    assert_clean(redis_client(farm))
+    assert farm.terminate(stuck) == 0
