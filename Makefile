@@ -31,7 +31,7 @@ setup: $(STAMP) system-deps
 # Debian packages when missing: redis-server (>= 6.2); docker-compose (validates compose files offline);
 # chromium (the widget's browser test drives it through Playwright; no browser download).
 APT_PKGS := $(if $(shell command -v redis-server),,redis-server) $(if $(shell command -v docker-compose),,docker-compose) \
-            $(if $(shell command -v chromium),,chromium chromium-driver)
+            $(if $(shell command -v chromium),,chromium chromium-driver) $(if $(shell command -v openssl),,openssl)
 system-deps:
 	@if [ -n "$(strip $(APT_PKGS))" ]; then \
 	  echo "installing $(strip $(APT_PKGS))"; \

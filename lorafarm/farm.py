@@ -42,6 +42,9 @@ class FarmConfig:
     router_env: dict[str, str] = field(default_factory=dict)
     #: Start Redis with ``--requirepass``; every service then gets the password in its Redis URL.
     redis_password: str | None = None
+    #: Serve Redis over TLS only (a self-signed certificate made with ``openssl``); every service
+    #: then reaches it with ``rediss://...?ssl_ca_certs=...``.
+    redis_tls: bool = False
 
 
 class Farm:
@@ -63,7 +66,14 @@ class Farm:
     @property
     def redis_url(self) -> str:
         auth = f":{quote(self.config.redis_password, safe='')}@" if self.config.redis_password else ""
+        if self.config.redis_tls:
+            return f"rediss://{auth}127.0.0.1:{self.redis_port}/0?ssl_ca_certs={quote(str(self.tls_cert))}"
         return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def tls_cert(self) -> Path:
+        """The self-signed certificate of a TLS Redis (also its own CA)."""
+        return self.config.state_dir / "tls" / "redis.crt"
 
     @property
     def hub_url(self) -> str:
@@ -124,7 +134,25 @@ class Farm:
         ]
         if self.config.redis_password:
             argv += ["--requirepass", self.config.redis_password]
+        if self.config.redis_tls:
+            key = self._make_tls_cert()
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.redis_port)]
+            argv += ["--tls-cert-file", str(self.tls_cert), "--tls-key-file", str(key)]
+            argv += ["--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no"]
         _wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
+
+    def _make_tls_cert(self) -> Path:
+        """A key and a self-signed certificate for 127.0.0.1 (made once per farm); returns the key."""
+        key = self.tls_cert.with_suffix(".key")
+        if not self.tls_cert.exists():
+            self.tls_cert.parent.mkdir(exist_ok=True)
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+                + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.tls_cert)],
+                check=True,
+                capture_output=True,
+            )
+        return key
 
     def start_devhub(self, *, delay_ms: int = 0) -> None:
         """Start the devhub; ``delay_ms`` makes it answer every request that much later (a slow Hub)."""
