@@ -146,9 +146,18 @@ class Farm:
         key = self.tls_cert.with_suffix(".key")
         if not self.tls_cert.exists():
             self.tls_cert.parent.mkdir(exist_ok=True)
+            request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
             subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
-                + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(self.tls_cert)],
+                [
+                    "openssl",
+                    *request,
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(self.tls_cert),
+                ],
                 check=True,
                 capture_output=True,
             )

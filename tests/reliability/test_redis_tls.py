@@ -53,7 +53,7 @@ def test_the_tls_port_refuses_clear_text_and_unverified_certificates(tls_farm: F
     with pytest.raises(redis.ConnectionError):
         clear.ping()
     unverified = redis.Redis.from_url(f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0", socket_timeout=3)
-    with pytest.raises(redis.ConnectionError, match="(?i)certificate"):
+    with pytest.raises(redis.ConnectionError, match=r"(?i)certificate"):
         unverified.ping()
     verified = redis.Redis.from_url(tls_farm.redis_url, socket_timeout=3)
     assert verified.ping()
