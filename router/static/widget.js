@@ -1,4 +1,5 @@
 // lorafarm widget: submit through the async job API, follow its Server-Sent Events, show the image.
+// Events are read with fetch (not EventSource) so that every call can carry the API key, if any.
 "use strict";
 
 (() => {
@@ -10,10 +11,29 @@
     form: $("form"), prompt: $("prompt"), negative: $("negative"), steps: $("steps"), seed: $("seed"),
     button: $("compute"), bar: $("progress"), fill: $("fill"), status: $("status"),
     output: $("output"), image: $("image"), meta: $("meta"), error: $("error"), job: $("job"),
+    key: $("key"), advanced: $("advanced"),
   };
   const TERMINAL = new Set(["done", "failed", "cancelled"]);
-  let source = null;
+  const KEY_STORE = "lorafarm-api-key";
+  const RECONNECTS = 5;
+  let source = null; // the AbortController of the event stream being read
   let started = 0;
+
+  ui.key.value = sessionStorage.getItem(KEY_STORE) || "";
+
+  function authHeaders() {
+    const key = ui.key.value.trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  async function errorOf(resp) {
+    const body = await resp.json().catch(() => ({ error: resp.statusText }));
+    if (resp.status === 401) {
+      ui.advanced.open = true;
+      ui.key.focus();
+    }
+    return body;
+  }
 
   function setProgress(percent, queued) {
     const value = Math.max(0, Math.min(100, Math.round(percent)));
@@ -30,7 +50,7 @@
   }
 
   function finish() {
-    if (source) { source.close(); source = null; }
+    if (source) { source.abort(); source = null; }
     ui.button.disabled = false;
   }
 
@@ -51,9 +71,9 @@
   }
 
   async function showImage(id) {
-    const resp = await fetch(`${api}/jobs/${id}/result`);
+    const resp = await fetch(`${api}/jobs/${id}/result`, { headers: authHeaders() });
     if (!resp.ok) {
-      const body = await resp.json().catch(() => ({ error: resp.statusText }));
+      const body = await errorOf(resp);
       fail(body.error || "the result could not be read", body.error_type);
       return;
     }
@@ -75,22 +95,66 @@
     finish();
   }
 
-  function follow(id) {
-    source = new EventSource(`${api}/jobs/${id}/events`);
-    source.onmessage = (event) => {
-      const state = JSON.parse(event.data);
-      show(state);
-      if (!TERMINAL.has(state.status)) return;
-      source.close();
-      source = null;
-      if (state.status === "done") showImage(id);
-      else if (state.status === "cancelled") fail("the job was cancelled", state.error_type);
-      else fail(state.error || "the job failed", state.error_type);
+  // One state from the stream; true once it is terminal (the stream is then left).
+  function onState(id, state) {
+    show(state);
+    if (!TERMINAL.has(state.status)) return false;
+    source = null;
+    if (state.status === "done") showImage(id);
+    else if (state.status === "cancelled") fail("the job was cancelled", state.error_type);
+    else fail(state.error || "the job failed", state.error_type);
+    return true;
+  }
+
+  // Reads the job's Server-Sent Events; a dropped stream is opened again (it restarts from the
+  // job's stored state), up to RECONNECTS times in a row.
+  async function follow(id, attempt = 0) {
+    const controller = new AbortController();
+    source = controller;
+    const again = (why) => {
+      if (source !== controller) return; // finished or replaced meanwhile
+      if (attempt >= RECONNECTS) fail(why);
+      else setTimeout(() => { if (source === controller) follow(id, attempt + 1); }, 1000);
     };
-    // An EventSource reconnects by itself (the stream starts again from the job's stored state).
-    source.onerror = () => {
-      if (source && source.readyState === EventSource.CLOSED) fail("the event stream closed");
-    };
+    let resp;
+    try {
+      resp = await fetch(`${api}/jobs/${id}/events`, {
+        headers: { Accept: "text/event-stream", ...authHeaders() },
+        signal: controller.signal,
+      });
+    } catch (err) {
+      again(`the router cannot be reached (${err})`);
+      return;
+    }
+    if (!resp.ok) {
+      const body = await errorOf(resp);
+      fail(body.error || resp.statusText, body.error_type);
+      return;
+    }
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const data = buffer.slice(0, cut).split("\n")
+            .filter((line) => line.startsWith("data:"))
+            .map((line) => line.slice(5).replace(/^ /, ""))
+            .join("\n");
+          buffer = buffer.slice(cut + 2);
+          if (data && onState(id, JSON.parse(data))) {
+            controller.abort();
+            return;
+          }
+        }
+      }
+    } catch (err) {
+      if (controller.signal.aborted) return;
+    }
+    again("the event stream closed");
   }
 
   async function compute(event) {
@@ -111,10 +175,10 @@
     try {
       resp = await fetch(`${api}/jobs`, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: { "Content-Type": "application/json", ...authHeaders() },
         body: JSON.stringify({ model, inputs: ui.prompt.value, parameters }),
       });
-      body = await resp.json();
+      body = resp.status === 202 ? await resp.json() : await errorOf(resp);
     } catch (err) {
       fail(`the router cannot be reached (${err})`);
       return;
@@ -123,6 +187,7 @@
       fail(body.error || resp.statusText, body.error_type);
       return;
     }
+    if (ui.key.value.trim()) sessionStorage.setItem(KEY_STORE, ui.key.value.trim());
     ui.job.textContent = `job ${body.id}`;
     show(body);
     follow(body.id);

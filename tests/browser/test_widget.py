@@ -177,3 +177,35 @@ def test_index_lists_bases_and_held_adapters_and_embeds_in_a_frame(farm: Farm, b
     frame.locator("#compute").wait_for(state="visible", timeout=10_000)
     assert frame.locator("#status").inner_text() == "Type a prompt and press Compute."
     page.close()
+
+
+def test_widget_sends_the_api_key_the_router_asks_for(farm: Farm, browser: Any) -> None:
+    """With LORAFARM_API_KEY set, Compute says 401 and opens the key field; with the key, it works."""
+    saved = dict(farm.config.router_env)
+    farm.terminate("router")
+    farm.config.router_env = saved | {"LORAFARM_API_KEY": "widget-secret"}
+    farm.start_router()
+    try:
+        page = browser.new_page()
+        page.add_init_script(RECORD_PROGRESS)
+        page.goto(f"{farm.router_url}/widget/{LORA}")
+        page.fill("#prompt", "a key please")
+        page.click("#compute")
+        text = wait_for(
+            page, "() => !document.getElementById('error').hidden && document.getElementById('error').textContent"
+        )
+        assert "unauthorized" in text
+        assert page.evaluate("() => document.getElementById('advanced').open")
+        page.fill("#key", "widget-secret")
+        page.fill("#steps", "12")
+        page.click("#compute")
+        wait_for(page, "() => document.getElementById('image').naturalWidth > 0")
+        progress = page.evaluate("() => window.__progress")
+        assert [v for v in progress if 0 < v < 100], progress  # the events came through, with the key
+        assert page.inner_text("#status") == "Done."
+        assert page.is_hidden("#error")
+        page.close()
+    finally:
+        farm.terminate("router")
+        farm.config.router_env = saved
+        farm.start_router()
