@@ -51,7 +51,7 @@ class Fleet:
     _placed: dict[str, list[Placed]] = field(default_factory=dict)
 
     def place(
-        self, adapters: Sequence[AdapterRef], workers: Sequence[WorkerState], now: float, job_id: str = ""
+        self, adapters: Sequence[AdapterRef], workers: Sequence[WorkerState], now: float, job_id: str
     ) -> str | None:
         """The worker the job should go to (``None``: the pool's shared stream).
 

@@ -103,22 +103,23 @@ class Worker:
 
     def _next(self) -> Delivery:
         """The backlog job to serve now: those for the fused adapters first, none starved."""
-        delivery = self._first_in_order(adapters_key(self._fused_refs()))
+        delivery = self._in_order(adapters_key(self._fused_refs()))[0]
         self.backlog.remove(delivery)
         return delivery
 
-    def _first_in_order(self, current: str | None) -> Delivery:
-        """The backlog job ``order_queue`` puts first after adapters ``current``."""
+    def _in_order(self, current: str | None) -> list[Delivery]:
+        """The backlog in the order ``order_queue`` serves it after adapters ``current``."""
         queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
-        first = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)[0]
-        return next(d for d in self.backlog if d.job.id == first.job_id)
+        by_id = {d.job.id: d for d in self.backlog}
+        order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)
+        return [by_id[entry.job_id] for entry in order]
 
     def _prefetch_after(self, delivery: Delivery) -> None:
         """Fetch and parse the next job's adapters while this one runs."""
         if not self.settings.prefetch:
             return
         if self.backlog:
-            following: Job | None = self._first_in_order(adapters_key(delivery.job.adapters)).job
+            following: Job | None = self._in_order(adapters_key(delivery.job.adapters))[0].job
         else:
             following = self.queue.peek()
         for ref in following.adapters if following else []:
@@ -126,11 +127,7 @@ class Worker:
 
     def _outlook(self, job: Job) -> Outlook:
         """The job's steps and the adapter sets of the backlog, in the order it will be served."""
-        current = adapters_key(job.adapters)
-        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
-        order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s) if queued else []
-        by_id = {d.job.id: d.job for d in self.backlog}
-        upcoming = [[ref.key for ref in by_id[entry.job_id].adapters] for entry in order]
+        upcoming = [[ref.key for ref in d.job.adapters] for d in self._in_order(adapters_key(job.adapters))]
         return Outlook(steps=job.num_inference_steps or self.settings.default_steps, upcoming=upcoming)
 
     def _fused_refs(self) -> list[Any]:

@@ -63,7 +63,7 @@ async def test_placed_job_reaches_the_chosen_worker_only(sync_redis: redis.Redis
     fleet = Fleet(Policy(stale_after_s=30))
     live = await jobs.live_workers(pool)
     j = job(pool, A)
-    target = fleet.place(j.adapters, live, time.time())
+    target = fleet.place(j.adapters, live, time.time(), j.id)
     assert target == "w1"
     await jobs.submit(j, worker_id=target, workers=live)
     assert w2.claim(block_ms=10) == []
