@@ -285,27 +285,35 @@ class WorkerQueue:
         for p in pending:
             if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
                 continue
-            entry_id = _text(p["message_id"])
             # min_idle_ms again: of two workers reclaiming the same entry, only the first gets it.
-            claimed: Any = self.redis.xclaim(self.stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [entry_id])
-            for claimed_id, fields in claimed:
-                if fields is None:
-                    continue
-                deliveries = int(p["times_delivered"]) + 1
-                delivery = self._delivery(self.stream, _text(claimed_id), fields, deliveries)
-                if delivery is None:
-                    continue
-                if deliveries > self.max_deliveries:
-                    self._dead_letter_job(delivery)
-                else:
-                    log.info(
-                        "event=reclaimed job=%s from=%s deliveries=%d",
-                        delivery.job.id,
-                        _text(p["consumer"]),
-                        deliveries,
-                    )
-                    out.append(delivery)
+            delivery = self._take_over(self.stream, p, min_idle_ms)
+            if delivery is not None:
+                log.info(
+                    "event=reclaimed job=%s from=%s deliveries=%d",
+                    delivery.job.id,
+                    _text(p["consumer"]),
+                    delivery.deliveries,
+                )
+                out.append(delivery)
         return out
+
+    def _take_over(self, stream: str, pending: Any, min_idle_ms: int) -> Delivery | None:
+        """Claim one pending entry for this worker: its delivery, or None if another worker took it
+        first, it is malformed, or it has been delivered too often (it is dead-lettered then)."""
+        claimed: Any = self.redis.xclaim(
+            stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [_text(pending["message_id"])]
+        )
+        for claimed_id, fields in claimed:
+            if fields is None:
+                continue
+            delivery = self._delivery(stream, _text(claimed_id), fields, int(pending["times_delivered"]) + 1)
+            if delivery is None:
+                continue
+            if delivery.deliveries > self.max_deliveries:
+                self._dead_letter_job(delivery)
+                return None
+            return delivery
+        return None
 
     def recover(self) -> list[Delivery]:
         """Jobs a previous process with this worker id claimed and never settled (a restarted pod)."""
@@ -315,15 +323,9 @@ class WorkerQueue:
                 stream, keys.WORKER_GROUP, min="-", max="+", count=1000, consumername=self.worker_id
             )
             for p in pending:
-                claimed: Any = self.redis.xclaim(stream, keys.WORKER_GROUP, self.worker_id, 0, [_text(p["message_id"])])
-                for claimed_id, fields in claimed:
-                    delivery = self._delivery(stream, _text(claimed_id), fields, int(p["times_delivered"]) + 1)
-                    if delivery is None:
-                        continue
-                    if delivery.deliveries > self.max_deliveries:
-                        self._dead_letter_job(delivery)
-                    else:
-                        out.append(delivery)
+                delivery = self._take_over(stream, p, 0)
+                if delivery is not None:
+                    out.append(delivery)
         return out
 
     def retry(self, delivery: Delivery) -> Delivery | None:
@@ -442,20 +444,10 @@ class WorkerQueue:
             if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
                 continue  # adopted already by a live worker (or by this one, in its backlog)
             # A short min-idle: of two workers adopting the same entry, only the first gets it.
-            claimed: Any = self.redis.xclaim(
-                stream, keys.WORKER_GROUP, self.worker_id, _ADOPT_MIN_IDLE_MS, [_text(p["message_id"])]
-            )
-            for claimed_id, fields in claimed:
-                if fields is None:
-                    continue
-                delivery = self._delivery(stream, _text(claimed_id), fields, int(p["times_delivered"]) + 1)
-                if delivery is None:
-                    continue
-                if delivery.deliveries > self.max_deliveries:
-                    self._dead_letter_job(delivery)
-                else:
-                    log.info("event=adopted job=%s from=%s", delivery.job.id, dead)
-                    out.append(delivery)
+            delivery = self._take_over(stream, p, _ADOPT_MIN_IDLE_MS)
+            if delivery is not None:
+                log.info("event=adopted job=%s from=%s", delivery.job.id, dead)
+                out.append(delivery)
         return out
 
     def _forget_dead_consumers(self, min_idle_ms: int) -> None:
