@@ -139,7 +139,7 @@ class Farm:
             argv[1:3] = ["--port", "0", "--tls-port", str(self.redis_port)]
             argv += ["--tls-cert-file", str(self.tls_cert), "--tls-key-file", str(key)]
             argv += ["--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no"]
-        _wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
+        wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
 
     def _make_tls_cert(self) -> Path:
         """A key and a self-signed certificate for 127.0.0.1 (made once per farm); returns the key."""
@@ -177,12 +177,12 @@ class Farm:
             "--delay-ms",
             str(delay_ms),
         ]
-        _wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
+        wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
 
     def start_router(self) -> None:
         env = self.base_env() | {"LORAFARM_PORT": str(self.router_port), "LORAFARM_HOST": "127.0.0.1"}
         env.update(self.config.router_env)
-        _wait_port(self.router_port, self._spawn("router", [sys.executable, "-m", "router"], env), timeout=60)
+        wait_port(self.router_port, self._spawn("router", [sys.executable, "-m", "router"], env), timeout=60)
 
     def start_worker(self, pool: str, env: dict[str, str] | None = None) -> str:
         """Start one worker of ``pool``; returns its name (also its worker id)."""
@@ -268,10 +268,11 @@ class Farm:
                     proc.wait()
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
+    """Wait until something listens on 127.0.0.1:``port``; fail early if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):

@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 
 from devhub.repo import RepoStore
 from devhub.zoo import build_many_loras, build_zoo
-from tests.conftest import ROOT, free_port, stop, wait_port
+from lorafarm.farm import free_port, wait_port
+from tests.conftest import ROOT, stop
 
 TOKEN = "devhub-test-token"
 WEIGHTS = "pytorch_lora_weights.safetensors"

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from common import errors, keys
 from common.queue import JobQueue, WorkerQueue, async_client, sync_client
 from common.schemas import AdapterRef, Job, JobResult, WorkerState
-from tests.conftest import free_port, stop, wait_port
+from lorafarm.farm import free_port, wait_port
+from tests.conftest import stop
 
 pytestmark = pytest.mark.anyio
 

@@ -25,10 +25,11 @@ from PIL import Image
 from common import keys
 from common.queue import WorkerQueue, sync_client
 from common.schemas import Job, JobResult, WorkerState
+from lorafarm.farm import free_port, wait_port
 from router.app import create_app
 from router.jobs import MEDIA_TYPES
 from router.settings import RouterSettings
-from tests.conftest import ROOT, free_port, stop, wait_port
+from tests.conftest import ROOT, stop
 
 pytestmark = pytest.mark.anyio
 

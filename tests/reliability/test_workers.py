@@ -13,8 +13,7 @@ import pytest
 from common import keys
 from common.queue import JobQueue, async_client
 from common.schemas import Job
-from lorafarm.farm import Farm
-from tests.conftest import free_port
+from lorafarm.farm import Farm, free_port
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
