@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from common.hub import HubResolver, hub_fetcher
 from common.queue import JobQueue, async_client
@@ -20,6 +19,7 @@ from common.schemas import InferenceRequest
 from router import api_jobs, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
+from router.observe import ObservedRequest
 from router.placement import Policy
 from router.routes import Services, router
 from router.settings import RouterSettings
@@ -36,42 +36,24 @@ def _value(value: Any) -> str:
     return text
 
 
-class RequestLog:
+class RequestLog(ObservedRequest):
     """One structured log line per request: method, path, status, duration, job id, repo, error type."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            state = scope.get("state") or {}
-            fields = {
-                "event": "request",
-                "method": scope.get("method", ""),
-                "path": scope.get("path", ""),
-                "status": status,
-                "duration_ms": f"{(time.perf_counter() - start) * 1000:.1f}",
-                "job": state.get("job_id"),
-                "repo": state.get("repo"),
-                "error_type": state.get("error_type"),
-            }
-            line = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-            level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
-            log.log(level, line)
+    def done(self, scope: Scope, status: int, seconds: float, crashed: bool) -> None:
+        state = scope.get("state") or {}
+        fields = {
+            "event": "request",
+            "method": scope.get("method", ""),
+            "path": scope.get("path", ""),
+            "status": status,
+            "duration_ms": f"{seconds * 1000:.1f}",
+            "job": state.get("job_id"),
+            "repo": state.get("repo"),
+            "error_type": state.get("error_type"),
+        }
+        line = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
+        level = logging.DEBUG if scope.get("path") in _QUIET_PATHS and status < 400 else logging.INFO
+        log.log(level, line)
 
 
 def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:

@@ -20,11 +20,12 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from common import errors, keys
 from common.queue import JobQueue, redis_errors
 from common.schemas import WorkerState
+from router.observe import ObservedRequest
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -161,40 +162,21 @@ def _text(value: Any) -> str:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(ObservedRequest):
     """Counts every HTTP request by its route template (not its path: bounded label values)."""
 
     def __init__(self, app: ASGIApp, metrics: RouterMetrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        crashed = False
-        try:
-            await self.app(scope, receive, send_status)
-        except Exception:
-            crashed = True  # answered 500 by the outermost handler, after this middleware
-            raise
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            error_type = (scope.get("state") or {}).get("error_type") or ("internal_error" if crashed else "")
-            # Any token is a method to HTTP: a client must not mint label values (series) at will.
-            method = scope.get("method", "")
-            method = method if method in _METHODS else "other"
-            self.metrics.observe(method, template, status, error_type, time.perf_counter() - start)
+    def done(self, scope: Scope, status: int, seconds: float, crashed: bool) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+        error_type = (scope.get("state") or {}).get("error_type") or ("internal_error" if crashed else "")
+        # Any token is a method to HTTP: a client must not mint label values (series) at will.
+        method = scope.get("method", "")
+        method = method if method in _METHODS else "other"
+        self.metrics.observe(method, template, status, error_type, seconds)
 
 
 metrics_router = APIRouter()
