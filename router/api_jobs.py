@@ -21,7 +21,16 @@ from common.schemas import InferenceRequest, JobState, JobStatus
 from router.errors import responses
 from router.events import TERMINAL, job_events
 from router.jobs import MEDIA_TYPES, parse_body
-from router.routes import Services, authorize, enqueue, plan_job, read_body, services
+from router.routes import (
+    ENQUEUE_ERRORS,
+    IMAGE_HEADERS,
+    Services,
+    authorize,
+    enqueue,
+    plan_job,
+    read_body,
+    services,
+)
 from router.tracker import JobTracker
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -72,34 +81,9 @@ def _job_request_body() -> dict[str, Any]:
 
 
 _VIEW = {"model": JobView}
-_RESULT_HEADERS = {
-    name: {"description": text, "schema": {"type": "string"}}
-    for name, text in {
-        "x-request-id": "Job id.",
-        "x-compute-time": "Seconds the worker spent (swap and inference).",
-        "x-worker-id": "Worker that generated the image.",
-        "x-adapter-warm": "true when the adapters were already fused (no swap).",
-        "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
-    }.items()
-}
+_RESULT_HEADERS = {name: header for name, header in IMAGE_HEADERS.items() if name != "x-seed"}
 _LOOKUP_ERRORS = (errors.InvalidRequest, errors.Unauthorized, errors.JobNotFound, errors.RedisUnavailable)
-_SUBMIT_ERRORS = responses(
-    errors.InvalidRequest,
-    errors.Unauthorized,
-    errors.RepoNotFound,
-    errors.GatedRepo,
-    errors.PrivateRepo,
-    errors.DisabledRepo,
-    errors.UnsupportedModel,
-    errors.BaseNotServed,
-    errors.UnsafeAdapterFormat,
-    errors.AdapterTooLarge,
-    errors.AdapterIncompatible,
-    errors.QueueFull,
-    errors.NoWorker,
-    errors.RedisUnavailable,
-    errors.HubUnavailable,
-)
+_SUBMIT_ERRORS = responses(*ENQUEUE_ERRORS)
 _RESULT_ERRORS = responses(
     *_LOOKUP_ERRORS,
     errors.JobNotReady,

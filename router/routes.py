@@ -63,7 +63,7 @@ _REQUEST_BODY = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}},
     }
 }
-_IMAGE_HEADERS = {
+IMAGE_HEADERS = {
     name: {"description": text, "schema": {"type": "string"}}
     for name, text in {
         "x-request-id": "Job id.",
@@ -78,10 +78,11 @@ _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image, in the format the Accept header asks (jpeg by default).",
         "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
-        "headers": _IMAGE_HEADERS,
+        "headers": IMAGE_HEADERS,
     }
 }
-_GENERATE_ERRORS = responses(
+#: What resolving and enqueueing a job can answer: the sync routes and ``POST /jobs`` alike.
+ENQUEUE_ERRORS = (
     errors.InvalidRequest,
     errors.Unauthorized,
     errors.RepoNotFound,
@@ -91,13 +92,16 @@ _GENERATE_ERRORS = responses(
     errors.UnsupportedModel,
     errors.BaseNotServed,
     errors.UnsafeAdapterFormat,
-    errors.AdapterCorrupt,
-    errors.AdapterIncompatible,
     errors.AdapterTooLarge,
+    errors.AdapterIncompatible,
     errors.QueueFull,
     errors.NoWorker,
     errors.RedisUnavailable,
     errors.HubUnavailable,
+)
+_GENERATE_ERRORS = responses(
+    *ENQUEUE_ERRORS,
+    errors.AdapterCorrupt,
     errors.Timeout,
     errors.JobCancelled,
     errors.JobFailed,
