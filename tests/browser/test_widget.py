@@ -21,7 +21,7 @@ from PIL import Image
 
 from lorafarm.farm import Farm, FarmConfig
 from tests.conftest import ARTIFACTS, ROOT
-from tests.polling import wait_until
+from tests.polling import holders, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -153,14 +153,9 @@ def test_widget_shows_the_router_error(farm: Farm, browser: Any) -> None:
     page.close()
 
 
-def held(farm: Farm, repo: str) -> bool:
-    status = httpx.get(f"{farm.router_url}/status", timeout=10).json()
-    return any(k.startswith(f"{repo}@") for p in status["pools"] for w in p["workers"] for k in w["fused"])
-
-
 def test_index_lists_bases_and_held_adapters_and_embeds_in_a_frame(farm: Farm, browser: Any) -> None:
     httpx.post(f"{farm.router_url}/models/tiny/sdxl-lora-a", json={"inputs": "x"}, timeout=60).raise_for_status()
-    wait_until(lambda: held(farm, "tiny/sdxl-lora-a"), 10, what="a heartbeat announcing the adapter")
+    wait_until(lambda: holders(farm, "tiny/sdxl-lora-a"), 10, what="a heartbeat announcing the adapter")
     page = browser.new_page()
     page.goto(f"{farm.router_url}/")
     links = page.eval_on_selector_all("ul.models a", "els => els.map(e => e.textContent)")

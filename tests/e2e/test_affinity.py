@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lorafarm.farm import Farm, FarmConfig
-from tests.polling import wait_until
+from tests.polling import busy_workers, holders, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,21 +44,6 @@ def post(farm: Farm, repo: str, body: dict | None = None) -> httpx.Response:
     return httpx.post(f"{farm.router_url}/models/{repo}", json=body or BODY, timeout=120)
 
 
-def holders(farm: Farm, repo: str) -> list[str]:
-    status = httpx.get(f"{farm.router_url}/status", timeout=10).json()
-    return [
-        w["worker_id"]
-        for p in status["pools"]
-        for w in p["workers"]
-        if any(k.startswith(repo + "@") for k in w["fused"])
-    ]
-
-
-def busy(farm: Farm, worker_id: str) -> bool:
-    status = httpx.get(f"{farm.router_url}/status", timeout=10).json()
-    return any(w["worker_id"] == worker_id and w["current_job"] for p in status["pools"] for w in p["workers"])
-
-
 def test_repeated_requests_for_an_adapter_land_where_it_is(pair: Farm) -> None:
     first = post(pair, "tiny/sdxl-lora-a")
     assert first.status_code == 200, first.text
@@ -80,7 +65,7 @@ def test_killing_the_holder_mid_stream_loses_no_job(pair: Farm) -> None:
     body = {"inputs": "an elephant", "parameters": {"num_inference_steps": 30, "seed": 3}}
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(post, pair, "tiny/sdxl-lora-b", body) for _ in range(6)]
-        wait_until(lambda: busy(pair, holder), 20, what="the holder running one of them")
+        wait_until(lambda: holder in busy_workers(pair), 20, what="the holder running one of them")
         pair.kill(holder)
         answers = [f.result() for f in futures]
     assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers if r.status_code != 200]

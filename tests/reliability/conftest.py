@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from lorafarm.farm import Farm, FarmConfig
-from tests.reliability.tools import SDXL, live_workers, running_workers, wait_until
+from tests.polling import live_workers, wait_until
+from tests.reliability.tools import SDXL, running_workers
 
 #: A test-only Redis password: every service of the farm reaches Redis with it in its URL.
 REDIS_PASSWORD = "reliability-only-7f3a"

@@ -11,12 +11,12 @@ import pytest
 import redis
 
 from lorafarm.farm import Farm
+from tests.polling import busy_workers
 from tests.reliability.tools import (
     SDXL,
     assert_clean,
     assert_error,
     body,
-    busy_workers,
     log,
     post,
     queue_state,

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from lorafarm.farm import Farm
+from tests.polling import busy_workers
 from tests.reliability.conftest import farm_with, restarted_router
 from tests.reliability.tools import (
     SDXL,
@@ -20,7 +21,6 @@ from tests.reliability.tools import (
     assert_clean,
     assert_error,
     body,
-    busy_workers,
     post,
     ran,
     redis_client,

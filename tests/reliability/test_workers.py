@@ -14,14 +14,13 @@ from common import keys
 from common.queue import JobQueue, async_client
 from common.schemas import Job
 from lorafarm.farm import Farm, free_port
+from tests.polling import busy_workers, live_workers
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
     assert_clean,
     assert_error,
     body,
-    busy_workers,
-    live_workers,
     log,
     post,
     ran,

@@ -50,26 +50,9 @@ def raw_request(
         conn.close()
 
 
-def status(farm: Farm) -> dict[str, Any]:
-    return httpx.get(f"{farm.router_url}/status", timeout=10).json()
-
-
-def live_workers(farm: Farm) -> list[dict[str, Any]]:
-    """Workers of the pool the router sees alive (heartbeat not expired)."""
-    try:
-        return [w for p in status(farm)["pools"] for w in p["workers"]]
-    except (httpx.HTTPError, KeyError, ValueError):
-        return []
-
-
 def running_workers(farm: Farm) -> list[str]:
     """Names of the worker processes of the farm still running."""
     return [n for n, p in farm.procs.items() if n.startswith("worker-") and p.poll() is None]
-
-
-def busy_workers(farm: Farm) -> dict[str, str]:
-    """worker id -> id of the job in its hands."""
-    return {w["worker_id"]: w["current_job"] for w in live_workers(farm) if w.get("current_job")}
 
 
 def log(farm: Farm, name: str) -> str:
