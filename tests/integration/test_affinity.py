@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
 from common import errors, keys
-from common.queue import JobQueue, WorkerQueue, async_client, sync_client
+from common.queue import JobQueue, WorkerQueue, async_client
 from common.schemas import AdapterRef, Job, WorkerState
 from router.fleet import Fleet
 from router.placement import Policy
@@ -23,27 +21,8 @@ B = AdapterRef(repo_id="tiny/sdxl-lora-b", revision="b" * 40, weight_name="w.saf
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def pool() -> str:
-    return f"test/affinity-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
-    client = sync_client(redis_server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def jobs(redis_server: str) -> AsyncIterator[JobQueue]:
-    client: aioredis.Redis = async_client(redis_server)
-    yield JobQueue(client, worker_ttl_s=30, queue_max=10)
-    await client.aclose()
+def jobs(aio_redis: aioredis.Redis) -> JobQueue:
+    return JobQueue(aio_redis, worker_ttl_s=30, queue_max=10)
 
 
 def worker(r: redis.Redis, pool: str, name: str, *, fused: list[str] | None = None) -> WorkerQueue:

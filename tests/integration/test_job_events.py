@@ -6,10 +6,9 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-import redis
 
 from common import keys
 from common.queue import WorkerQueue, async_client, sync_client
@@ -19,21 +18,6 @@ from router.tracker import JobTracker
 from tests.polling import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
-    """A database of its own (8), emptied before each test."""
-    url = redis_server.rsplit("/", 1)[0] + "/8"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.close()
 
 
 @pytest.fixture

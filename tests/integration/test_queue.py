@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,31 +20,6 @@ from tests.conftest import stop
 pytestmark = pytest.mark.anyio
 
 PNG = b"\x89PNG\r\n\x1a\nfake image bytes"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def pool() -> str:
-    """A pool name of its own for each test: tests share one redis-server."""
-    return f"test/pool-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def sync_redis(redis_server: str) -> Iterator[redis.Redis]:
-    client = sync_client(redis_server)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-async def aio_redis(redis_server: str) -> AsyncIterator[aioredis.Redis]:
-    client = async_client(redis_server)
-    yield client
-    await client.aclose()
 
 
 def worker(sync_redis: redis.Redis, pool: str, name: str, *, live: bool = True, **kw: int) -> WorkerQueue:

@@ -37,21 +37,6 @@ SDXL, SD15 = "tiny/sdxl-base", "tiny/sd15-base"
 PROMPT = {"inputs": "a photo of a cat", "parameters": {"seed": 3, "num_inference_steps": 2}}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
-    """A database of its own (7), emptied before each test: other suites use database 0."""
-    url = redis_server.rsplit("/", 1)[0] + "/7"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.close()
-
-
 class StubWorker:
     """Claims jobs of one pool and answers a tiny image in the asked format (or a scripted failure)."""
 
