@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from router.placement import Policy, QueuedJob, WorkerView, choose_worker, order_queue
+from router.placement import Policy, WorkerView, choose_worker
+from worker.backlog import QueuedJob, order_queue
 
 #: Base pools: SDXL base 1.0 (92% of the LoRAs), then three smaller bases (see ``base_of``).
 N_BASES = 4

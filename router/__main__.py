@@ -6,6 +6,7 @@ On SIGTERM uvicorn stops accepting connections and lets in-flight requests finis
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 
@@ -15,7 +16,13 @@ from router.app import create_app
 from router.settings import RouterSettings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m router",
+        description="The lorafarm router. Every setting is an environment variable (LORAFARM_POOLS, "
+        "LORAFARM_REDIS_URL, ...): see docs/SETTINGS.md.",
+    )
+    parser.parse_args(argv)
     settings = RouterSettings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)

@@ -1,9 +1,9 @@
-"""Placement: which worker of a pool gets a job, and in what order a worker serves its queue.
+"""Placement: which worker of a pool gets a job.
 
 Pure decisions over plain data: no Redis, no clock, no I/O. The router turns heartbeats into
-:class:`WorkerView` values, calls :func:`choose_worker` and carries the answer out; a worker
-calls :func:`order_queue` before it takes its next job. ``bench/simulate.py`` drives the same
-functions in simulated time.
+:class:`WorkerView` values, calls :func:`choose_worker` and carries the answer out (the order a
+worker serves its own queue in is the worker's: ``worker/backlog.py``). ``bench/simulate.py``
+drives the same functions in simulated time.
 
 An adapter is named by its key (``repo@sha``, or :func:`adapter_key` of several); ``None`` is
 the plain base, treated as the empty adapter.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 # Holder tiers, best first: how close a worker is to serving an adapter without a swap.
 TAIL = 0  # the adapter is what the worker will have fused once its queue is served
@@ -76,14 +75,6 @@ class Policy:
     default_swap_s: float = 0.5
     default_fetch_s: float = 1.0
     default_inference_s: float = 10.0
-
-
-class QueuedJob(NamedTuple):
-    """A job waiting on a worker: its id, adapter key (``None``: the base), enqueue time."""
-
-    job_id: str
-    adapter: str | None
-    enqueued_at: float
 
 
 def adapter_key(keys: Sequence[str]) -> str | None:
@@ -171,37 +162,6 @@ def _choose(adapter: str | None, live: list[WorkerView], policy: Policy, now: fl
     held = {w.worker_id for w in holders}
     fresh = [w for w in live if w.worker_id not in held and not is_overloaded(w, policy)]
     return min(fresh or live, key=lambda w: _rank(w, adapter, policy, now))
-
-
-def order_queue(
-    current_adapter: str | None,
-    queued: Iterable[tuple[str, str | None, float]],
-    now: float,
-    max_age_s: float,
-    service_s: float = 0.0,
-) -> list[QueuedJob]:
-    """The order a worker should serve its waiting jobs in.
-
-    Jobs for the adapter fused at each step go first, so one swap serves them all; but once the
-    oldest job has waited ``max_age_s``, jobs are served oldest first. ``service_s`` advances
-    the plan's clock per job so that the bound holds along the whole plan, not only its head.
-    """
-    pending = sorted((QueuedJob(*job) for job in queued), key=lambda j: (j.enqueued_at, j.job_id))
-    order: list[QueuedJob] = []
-    adapter, clock = current_adapter, now
-    while pending:
-        job = _next_job(adapter, pending, clock, max_age_s)
-        pending.remove(job)
-        order.append(job)
-        adapter, clock = job.adapter, clock + service_s
-    return order
-
-
-def _next_job(adapter: str | None, pending: list[QueuedJob], now: float, max_age_s: float) -> QueuedJob:
-    oldest = pending[0]
-    if now - oldest.enqueued_at >= max_age_s:
-        return oldest
-    return next((job for job in pending if job.adapter == adapter), oldest)
 
 
 def _rank(

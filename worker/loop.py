@@ -12,7 +12,7 @@ import redis
 from common import errors
 from common.queue import Delivery, WorkerQueue
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapters_key
-from router.placement import order_queue
+from worker.backlog import order_queue
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
 from worker.settings import WorkerSettings

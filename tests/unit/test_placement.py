@@ -1,4 +1,4 @@
-"""Placement decisions: which worker gets a job, and the order a worker serves its queue."""
+"""Placement decisions: which worker of a pool gets a job."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from router.placement import (
     ON_DEVICE,
     TAIL,
     Policy,
-    QueuedJob,
     WorkerView,
     adapter_key,
     choose_worker,
@@ -23,7 +22,6 @@ from router.placement import (
     holder_tier,
     is_live,
     is_overloaded,
-    order_queue,
 )
 
 NOW = 1000.0
@@ -226,52 +224,6 @@ def test_two_alternating_adapters_do_not_thrash_one_worker_while_another_is_free
     assert replay(alternating, replace(POLICY, damping_s=0.0)) == 20
 
 
-# --- order_queue ------------------------------------------------------------------------
-
-
-def test_jobs_for_the_current_adapter_go_first_and_then_group() -> None:
-    queued = [("j1", B, NOW - 3), ("j2", A, NOW - 2), ("j3", B, NOW - 1), ("j4", A, NOW)]
-    plan = order_queue(A, queued, NOW, max_age_s=30.0)
-    assert [j.job_id for j in plan] == ["j2", "j4", "j1", "j3"]
-    assert plan[0] == QueuedJob("j2", A, NOW - 2)
-
-
-def test_an_over_age_job_goes_first_oldest_first() -> None:
-    queued = [("j1", A, NOW - 1), ("j2", B, NOW - 40), ("j3", C, NOW - 50)]
-    assert [j.job_id for j in order_queue(A, queued, NOW, max_age_s=30.0)] == ["j3", "j2", "j1"]
-
-
-def test_service_time_keeps_the_bound_along_the_plan() -> None:
-    queued = [("b", B, NOW - 25), *((f"a{i}", A, NOW - 20 + i) for i in range(5))]
-    # At plan time nobody is over age; after one 10 s job, "b" is, and goes next.
-    plan = order_queue(A, queued, NOW, max_age_s=30.0, service_s=10.0)
-    assert [j.job_id for j in plan][:2] == ["a0", "b"]
-    assert [j.job_id for j in order_queue(A, queued, NOW, max_age_s=30.0)][-1] == "b"
-
-
-def test_equal_enqueue_times_order_by_job_id() -> None:
-    queued = [("j2", B, NOW), ("j1", B, NOW), ("j3", A, NOW)]
-    assert [j.job_id for j in order_queue(None, queued, NOW, max_age_s=30.0)] == ["j1", "j2", "j3"]
-    assert order_queue(A, [], NOW, max_age_s=30.0) == []
-
-
-def test_a_worker_fed_a_stream_of_hot_jobs_still_serves_the_odd_one_within_the_bound() -> None:
-    """A busy worker on A keeps receiving A jobs; a single B job still starts in time."""
-    max_age, service = 30.0, 10.0
-    queue: list[tuple[str, str | None, float]] = [("b", B, 0.0)]
-    current: str | None = A
-    for step in range(20):
-        now = step * service
-        queue += [(f"a{step}-{k}", A, now) for k in range(2)]  # two hot jobs per job served
-        job = order_queue(current, queue, now, max_age)[0]
-        queue = [q for q in queue if q[0] != job.job_id]
-        current = job.adapter
-        if job.job_id == "b":
-            assert now - 0.0 <= max_age + service
-            return
-    raise AssertionError("the B job starved")
-
-
 # --- properties -------------------------------------------------------------------------
 
 ADAPTERS = st.sampled_from([A, B, C, None])
@@ -314,24 +266,6 @@ def test_never_an_overloaded_worker_when_a_live_one_has_room(workers: list[Worke
     live = [w for w in workers if is_live(w, policy, NOW)]
     if any(not is_overloaded(w, policy) for w in live):
         assert not is_overloaded(next(w for w in live if w.worker_id == chosen), policy)
-
-
-jobs = st.lists(st.tuples(st.sampled_from([A, B, C, None]), st.floats(NOW - 100.0, NOW)), max_size=12).map(
-    lambda js: [(f"j{i:02d}", a, t) for i, (a, t) in enumerate(js)]
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(jobs, ADAPTERS, st.floats(1.0, 60.0), st.floats(0.1, 15.0))
-def test_no_job_waits_past_the_bound_by_more_than_the_older_jobs_ahead_of_it(
-    queued: list[tuple[str, str | None, float]], current: str | None, max_age: float, service: float
-) -> None:
-    plan = order_queue(current, queued, NOW, max_age, service)
-    assert sorted(j.job_id for j in plan) == sorted(q[0] for q in queued)
-    for index, job in enumerate(plan):
-        due = max(0, math.ceil((job.enqueued_at + max_age - NOW) / service))
-        older = sum(1 for q in queued if (q[2], q[0]) < (job.enqueued_at, job.job_id))
-        assert index <= due + older
 
 
 @settings(max_examples=100, deadline=None)
