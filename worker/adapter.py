@@ -9,7 +9,6 @@ state, so it is safe to run in a background thread while another job generates.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from common.errors import AdapterCorrupt, AdapterIncompatible, AdapterTooLarge, UnsafeAdapterFormat
-
-#: Pivotal-tuning files name their rows per text encoder; diffusers' SDXL scripts write clip_l/clip_g.
-EMBEDDING_COMPONENTS = {
-    "clip_l": "text_encoder",
-    "clip_g": "text_encoder_2",
-    "text_encoders_0": "text_encoder",
-    "text_encoders_1": "text_encoder_2",
-}
-_PEFT_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<side>[AB])\.weight")
+from worker.naming import EMBEDDING_COMPONENTS, alpha_key, component_of, peft_module, target_name
 
 
 @dataclass(frozen=True)
@@ -171,7 +162,7 @@ def _canonical_layers(
     pipeline_cls: Any,
 ) -> dict[str, LoraLayer]:
     components = list(getattr(pipeline_cls, "_lora_loadable_modules", ["unet", "text_encoder"]))
-    stray = [k for k in state_dict if k.split(".", 1)[0] not in components]
+    stray = [k for k in state_dict if component_of(k) not in components]
     if stray:
         # diffusers would silently drop these; serving half an adapter is worse than refusing it
         raise AdapterIncompatible(f"{key}: keys outside {components}, e.g. {stray[0]}")
@@ -188,9 +179,9 @@ def _canonical_layers(
             rank = int(down.shape[0])
             if up.dim() != down.dim() or up.dim() not in (2, 4) or up.shape[1] != rank:
                 raise AdapterCorrupt(f"{key}: {component}.{module} has mismatched down/up shapes")
-            alpha = alphas.get(f"{prefix}{old_a}".split(".lora.")[0] + ".alpha")
+            alpha = alphas.get(alpha_key(f"{prefix}{old_a}"))
             scale = _scale(key, module, rank, alpha, config)
-            layers[f"{prefix}{module.removeprefix('text_model.')}"] = LoraLayer(down, up, scale)
+            layers[target_name(component, module)] = LoraLayer(down, up, scale)
     return layers
 
 
@@ -204,7 +195,7 @@ def _pair_modules(key: str, component: str, names: list[str]) -> dict[str, tuple
 
     # The converters only rename keys, so converting {key: key} yields new name -> stored name.
     renamed: dict[str, str] = {k: k for k in names}
-    if not all(_PEFT_KEY.fullmatch(k) for k in names):
+    if not all(peft_module(k) for k in names):
         try:
             if component == "unet":
                 renamed = convert_unet_state_dict_to_peft(renamed)
@@ -214,10 +205,11 @@ def _pair_modules(key: str, component: str, names: list[str]) -> dict[str, tuple
             raise AdapterIncompatible(f"{key}: unrecognised {component} key format: {exc}") from exc
     pairs: dict[str, dict[str, str]] = {}
     for new, old in renamed.items():
-        match = _PEFT_KEY.fullmatch(new)
-        if match is None:
+        parsed = peft_module(new)
+        if parsed is None:
             raise AdapterIncompatible(f"{key}: unsupported entry {component}.{old} (DoRA, bias or LyCORIS?)")
-        pairs.setdefault(match["module"], {})[match["side"]] = old
+        module, side = parsed
+        pairs.setdefault(module, {})[side] = old
     for module, sides in pairs.items():
         if set(sides) != {"A", "B"}:
             raise AdapterCorrupt(f"{key}: {component}.{module} lacks its lora_A or lora_B")

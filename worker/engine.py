@@ -21,6 +21,7 @@ from common.errors import InvalidRequest
 from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
 from worker.fusion import FusedWriter, compute_dtype
 from worker.lowrank import LowRankPath, Term
+from worker.naming import target_name
 from worker.pristine import PristinePolicy, PristineStore
 from worker.tokens import PivotalTokens
 
@@ -61,8 +62,7 @@ def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
             continue
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-                # adapters name CLIP layers with or without text_model. (transformers 5 dropped it on some)
-                found[f"{component}.{name.removeprefix('text_model.')}"] = module
+                found[target_name(component, name)] = module
     return found
 
 
