@@ -11,7 +11,7 @@ import redis
 
 from common import errors
 from common.queue import Delivery, WorkerQueue
-from common.schemas import Job, JobResult, JobStatus, WorkerState, adapters_key
+from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
@@ -103,13 +103,13 @@ class Worker:
 
     def _next(self) -> Delivery:
         """The backlog job to serve now: those for the fused adapters first, none starved."""
-        delivery = self._in_order(adapters_key(self._fused_refs()))[0]
+        delivery = self._in_order(adapter_set_key(self.swapper.active_refs()))[0]
         self.backlog.remove(delivery)
         return delivery
 
     def _in_order(self, current: str | None) -> list[Delivery]:
         """The backlog in the order ``order_queue`` serves it after adapters ``current``."""
-        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+        queued = [(d.job.id, adapter_set_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
         by_id = {d.job.id: d for d in self.backlog}
         order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)
         return [by_id[entry.job_id] for entry in order]
@@ -119,7 +119,7 @@ class Worker:
         if not self.settings.prefetch:
             return
         if self.backlog:
-            following: Job | None = self._in_order(adapters_key(delivery.job.adapters))[0].job
+            following: Job | None = self._in_order(adapter_set_key(delivery.job.adapters))[0].job
         else:
             following = self.queue.peek()
         for ref in following.adapters if following else []:
@@ -127,11 +127,8 @@ class Worker:
 
     def _outlook(self, job: Job) -> Outlook:
         """The job's steps and the adapter sets of the backlog, in the order it will be served."""
-        upcoming = [[ref.key for ref in d.job.adapters] for d in self._in_order(adapters_key(job.adapters))]
+        upcoming = [adapter_set_key(d.job.adapters) for d in self._in_order(adapter_set_key(job.adapters))]
         return Outlook(steps=job.num_inference_steps or self.settings.default_steps, upcoming=upcoming)
-
-    def _fused_refs(self) -> list[Any]:
-        return self.swapper.active_refs()
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -250,13 +247,14 @@ class Worker:
 
     def state(self) -> WorkerState:
         """This worker's heartbeat; ``queued`` is read from its own stream (claimed or not)."""
-        queued = [adapters_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
+        queued = [adapter_set_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
         return WorkerState(
             worker_id=self.worker_id,
             pool=self.settings.base,
             status=self.status,  # type: ignore[arg-type]
             device=self.device,
             fused=self.swapper.active(),
+            fused_set=adapter_set_key(self.swapper.active_refs()),
             cached=self.swapper.cached(),
             current_job=self.current_job,
             current_started_at=self.current_started_at,

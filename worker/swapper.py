@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from common.schemas import AdapterRef
+from common.schemas import AdapterRef, adapter_set_key
 from worker.policy import CostTracker, Mode, choose_mode, expected_jobs
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore, fetch_file
@@ -28,10 +28,10 @@ class SwapOutcome:
 
 @dataclass(frozen=True)
 class Outlook:
-    """What the worker knows of the work ahead: the job's steps, the adapter sets queued after it."""
+    """What the worker knows of the work ahead: the job's steps, the adapter set keys queued after it."""
 
     steps: int = 1
-    upcoming: Sequence[Sequence[str]] = ()
+    upcoming: Sequence[str | None] = ()
 
 
 class Swapper(Protocol):
@@ -56,7 +56,7 @@ class _Tracked:
         self._mode: Mode = "fused"
 
     def swap(self, refs: list[AdapterRef], outlook: Outlook | None = None) -> SwapOutcome:
-        if [(r.key, r.scale) for r in refs] == [(r.key, r.scale) for r in self._refs]:
+        if adapter_set_key(refs) == adapter_set_key(self._refs):
             return SwapOutcome(False, 0.0, self._mode)
         start = time.perf_counter()
         try:
@@ -115,9 +115,8 @@ class EngineSwapper(_Tracked):
     def choose(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
         if self.mode != "auto":
             return self.mode
-        keys = [ref.key for ref in refs]
         fused_now = bool(self.engine.active.adapters) and self.engine.active.mode == "fused"
-        jobs = expected_jobs(keys, outlook.upcoming)
+        jobs = expected_jobs(adapter_set_key(refs), outlook.upcoming)
         return choose_mode(self.costs.costs(), jobs=jobs, steps=outlook.steps, fused_now=fused_now).mode
 
     def prefetch(self, ref: AdapterRef) -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from common import keys
 from common.queue import WorkerQueue, sync_client
-from common.schemas import Job, JobResult, WorkerState
+from common.schemas import Job, JobResult, WorkerState, adapter_set_key
 from lorafarm.farm import free_port, wait_port
 from router.app import create_app
 from router.jobs import MEDIA_TYPES
@@ -47,13 +47,16 @@ class StubWorker:
         self.failure = ("adapter_corrupt", "the adapter holds NaN values")
         self.jobs: list[Job] = []
         self.fused: list[str] = []
+        self.fused_set: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"stub-{worker_id}", daemon=True)
         self.queue.ensure_group()
         self._beat()
 
     def _beat(self) -> None:
-        state = WorkerState(worker_id=self.worker_id, pool=self.pool, fused=self.fused, inference_s=0.5)
+        state = WorkerState(
+            worker_id=self.worker_id, pool=self.pool, fused=self.fused, fused_set=self.fused_set, inference_s=0.5
+        )
         self.queue.heartbeat(state, ttl_s=3)
 
     def _run(self) -> None:
@@ -80,6 +83,7 @@ class StubWorker:
             return
         warm = self.fused == [a.key for a in job.adapters]
         self.fused = [a.key for a in job.adapters]
+        self.fused_set = adapter_set_key(job.adapters)
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format=job.format.upper())
         result = JobResult(
