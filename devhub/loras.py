@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +27,14 @@ PICKLE_NAME = "pytorch_lora_weights.bin"
 EMBEDDINGS_NAME = "embeddings.safetensors"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+_DIFFUSERS_BLOCK = re.compile(
+    r"lora_unet_(?P<kind>down_blocks|up_blocks|mid_block)_(?:(?P<block>\d+)_)?"
+    r"(?P<part>resnets|attentions)_(?P<layer>\d+)_(?P<rest>.+)"
+)
 CANARY_ENV = "LORAFARM_PICKLE_CANARY"
 CANARY_DEFAULT = "/tmp/lorafarm-pickle-canary"
 
-Format = Literal["diffusers", "peft", "kohya"]
+Format = Literal["diffusers", "peft", "kohya", "kohya-sgm"]
 Damage = Literal["misfit", "badkeys", "nan", "corrupt", "pickle"]
 
 
@@ -149,9 +154,35 @@ def _save_diffusers(
     type(templates.pipe).save_lora_weights(folder, **layers, **metadata, weight_name=WEIGHT_NAME)
 
 
-def _save_kohya(folder: Path, state: dict[str, dict[str, torch.Tensor]], spec: LoraSpec) -> None:
+def _sgm_name(key: str, layers_per_block: int) -> str:
+    """A kohya UNet key under the original Stability (sgm) block names that SDXL trainers publish.
+
+    diffusers reads them back through ``_maybe_map_sgm_blocks_to_diffusers`` (with the UNet's
+    config) and has no converter the other way, so this is that mapping reversed: down block ``b``
+    layer ``l`` is ``input_blocks_{1 + b * (n + 1) + l}``, up block ``b`` layer ``l`` is
+    ``output_blocks_{b * (n + 1) + l}`` (``n`` layers per block), inner index 0 for resnets and 1
+    for attentions; the mid block is ``middle_block_{0, 1, 2}`` (resnet, attention, resnet).
+    """
+    step = layers_per_block + 1
+    inner = {"resnets": 0, "attentions": 1}
+    match = _DIFFUSERS_BLOCK.match(key)
+    if match is None:
+        return key  # text encoders, and UNet parts outside the blocks
+    kind, block, part, layer, rest = match["kind"], match["block"], match["part"], int(match["layer"]), match["rest"]
+    if kind == "mid_block":
+        index = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[part, layer]
+        return f"lora_unet_middle_block_{index}_{rest}"
+    number = 1 + int(block) * step + layer if kind == "down_blocks" else int(block) * step + layer
+    name = "input_blocks" if kind == "down_blocks" else "output_blocks"
+    return f"lora_unet_{name}_{number}_{inner[part]}_{rest}"
+
+
+def _save_kohya(folder: Path, templates: Templates, state: dict[str, dict[str, torch.Tensor]], spec: LoraSpec) -> None:
     prefixed = {f"{part}.{k}": v for part, part_state in state.items() for k, v in part_state.items()}
     kohya = convert_state_dict_to_kohya(prefixed)
+    if spec.format == "kohya-sgm":
+        layers_per_block = templates.pipe.unet.config.layers_per_block
+        kohya = {_sgm_name(k, layers_per_block): v for k, v in kohya.items()}
     alpha = spec.alpha or spec.rank
     kohya = {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v for k, v in kohya.items()}
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,8 +225,8 @@ def write_lora(folder: Path, templates: Templates, spec: LoraSpec) -> list[str]:
     if spec.damage == "pickle":
         _save_pickle(folder, state)
         return [PICKLE_NAME]
-    if spec.format == "kohya":
-        _save_kohya(folder, state, spec)
+    if spec.format in ("kohya", "kohya-sgm"):
+        _save_kohya(folder, templates, state, spec)
     else:
         _save_diffusers(folder, templates, state, spec)
     canonicalise(folder / WEIGHT_NAME)

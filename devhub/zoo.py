@@ -44,6 +44,8 @@ def _catalogue(seed: int) -> list[LoraRepo]:
         LoraRepo("tiny/sdxl-lora-diffusers", spec(1)),
         LoraRepo("tiny/sdxl-lora-peft", spec(2, format="peft", alpha=8)),
         LoraRepo("tiny/sdxl-lora-kohya", spec(3, format="kohya", alpha=2, text_encoders=True)),
+        # kohya under the original Stability block names (input_blocks...), as many SDXL trainers publish
+        LoraRepo("tiny/sdxl-lora-kohya-sgm", spec(8, format="kohya-sgm", alpha=2, text_encoders=True)),
         LoraRepo("tiny/sdxl-lora-listbase", spec(4), card_base=[SDXL_BASE]),
         LoraRepo(
             "tiny/sdxl-lora-pivotal",

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         swapper = StockSwapper(pipe, settings)
     else:
         engine = SwapEngine(pipe, pristine=settings.pristine)
-        store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
+        store = AdapterStore(settings, engine=engine)
         metrics.watch_cache(store.cache.counts)
-        costs = calibrate(engine, pipe) if settings.swap_mode == "auto" else None
+        costs = calibrate(engine, size=settings.default_size) if settings.swap_mode == "auto" else None
         swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
     client = redis.Redis.from_url(

@@ -19,6 +19,7 @@ import torch
 
 from common.errors import InvalidRequest
 from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
+from worker.families import pipeline_family
 from worker.fusion import FusedWriter, compute_dtype
 from worker.lowrank import LowRankPath, Term
 from worker.naming import target_name
@@ -52,10 +53,9 @@ class ActiveSet:
         return [key for key, _ in self.adapters]
 
 
-def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
+def target_modules(pipe: Any, components: Sequence[str]) -> dict[str, torch.nn.Module]:
     """Every Linear/Conv2d an adapter may target, by canonical name ``<component>.<module path>``."""
     found: dict[str, torch.nn.Module] = {}
-    components = getattr(pipe, "_lora_loadable_modules", None) or ["unet", "text_encoder", "text_encoder_2"]
     for component in components:
         model = getattr(pipe, component, None)
         if not isinstance(model, torch.nn.Module):
@@ -75,7 +75,8 @@ class SwapEngine:
 
     def __init__(self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30) -> None:
         self.pipe = pipe
-        self.modules = target_modules(pipe)
+        self.family = pipeline_family(type(pipe))
+        self.modules = target_modules(pipe, self.family.components)
         self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes)
         self._tokens = PivotalTokens(pipe)
         self._writer = FusedWriter()
@@ -87,6 +88,11 @@ class SwapEngine:
     @property
     def active(self) -> ActiveSet:
         return self._active
+
+    @property
+    def denoiser_config(self) -> Any:
+        """The config of the base's denoiser (a UNet's maps kohya files with Stability block names)."""
+        return getattr(self.pipe, self.family.denoiser).config
 
     @property
     def pristine_bytes(self) -> int:

@@ -13,6 +13,7 @@ from common import errors
 from common.queue import Delivery, WorkerQueue
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
+from worker.families import pipeline_family
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
 from worker.settings import WorkerSettings
@@ -43,6 +44,9 @@ class Worker:
         self.swapper = swapper
         self.metrics = metrics
         self.device = device
+        self.family = pipeline_family(type(pipe))
+        #: Steps of a job that names none: the setting, else the family's default.
+        self.default_steps = settings.default_steps or self.family.facts.default_steps
         self.status: str = "starting"
         self.current_job: str | None = None
         self.jobs_done = 0
@@ -128,7 +132,7 @@ class Worker:
     def _outlook(self, job: Job) -> Outlook:
         """The job's steps and the adapter sets of the backlog, in the order it will be served."""
         upcoming = [adapter_set_key(d.job.adapters) for d in self._in_order(adapter_set_key(job.adapters))]
-        return Outlook(steps=job.num_inference_steps or self.settings.default_steps, upcoming=upcoming)
+        return Outlook(steps=job.num_inference_steps or self.default_steps, upcoming=upcoming)
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -172,7 +176,12 @@ class Worker:
         infer_start = time.perf_counter()
         cancelled = threading.Event()
         image = generate(
-            self.pipe, job, default_steps=self.settings.default_steps, on_step=self._progress(job, cancelled)
+            self.pipe,
+            job,
+            family=self.family,
+            steps=self.default_steps,
+            size=self.settings.default_size,
+            on_step=self._progress(job, cancelled),
         )
         inference_s = time.perf_counter() - infer_start
         self.metrics.inference_seconds.observe(inference_s)

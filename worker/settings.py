@@ -24,7 +24,15 @@ class WorkerSettings(CommonSettings):
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         default="auto", description="Weights dtype: auto is fp16 on CUDA, fp32 on CPU."
     )
-    default_steps: int = Field(default=25, ge=1, description="Inference steps when a request names none.")
+    default_steps: int | None = Field(
+        default=None, ge=1, description="Inference steps when a request names none (unset: the family's default)."
+    )
+    default_size: int | None = Field(
+        default=None,
+        ge=64,
+        le=2048,
+        description="Image width and height when a request names none (unset: the pipeline's own default).",
+    )
     block_ms: int = Field(default=1000, ge=1, description="How long one stream read blocks.")
     lease_s: float = Field(
         default=30.0, gt=0, description="A claimed job idle this long is reclaimed from its (dead) worker."

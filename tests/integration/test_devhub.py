@@ -36,6 +36,7 @@ GOOD_SDXL_LORAS = [
     "tiny/sdxl-lora-diffusers",
     "tiny/sdxl-lora-peft",
     "tiny/sdxl-lora-kohya",
+    "tiny/sdxl-lora-kohya-sgm",
     "tiny/sdxl-lora-listbase",
     "tiny/sdxl-lora-pivotal",
     "tiny/sdxl-lora-rank32",
@@ -223,7 +224,7 @@ def test_zoo_is_deterministic(zoo_dir: Path, tmp_path: Path) -> None:
     ids = build_zoo(tmp_path)
     first, second = RepoStore(zoo_dir), RepoStore(tmp_path)
     assert sorted(ids) == first.ids() == second.ids()
-    assert len(ids) == 23
+    assert len(ids) == 24
     for repo_id in ids:
         assert first.get(repo_id).sha == second.get(repo_id).sha, repo_id  # type: ignore[union-attr]
 

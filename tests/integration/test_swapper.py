@@ -39,7 +39,7 @@ def engine(pipe: Any) -> Iterator[SwapEngine]:
 @pytest.fixture
 def store(engine: SwapEngine, pipe: Any, devhub_url: str, hf_cache: Path) -> Iterator[AdapterStore]:
     settings = WorkerSettings(base="tiny/sdxl-base", hf_endpoint=devhub_url, hf_cache_dir=str(hf_cache))
-    store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
+    store = AdapterStore(settings, engine=engine)
     yield store
     store.close()
 
@@ -134,7 +134,7 @@ def test_calibration_measures_every_cost_and_leaves_the_base_exact(pipe: Any, en
     base = snapshot(pipe)
     adapter = synthetic_adapter(engine)
     assert adapter.layers and all(t.startswith("unet.") for t in adapter.layers)
-    tracker = calibrate(engine, pipe)
+    tracker = calibrate(engine)
     costs = tracker.costs()
     assert costs is not None
     assert costs.fused_apply_s > 0 and costs.unfused_swap_s > 0 and costs.restore_s > 0
