@@ -174,6 +174,8 @@ class WorkerState(BaseModel):
     pool: str
     status: Literal["starting", "ready", "busy", "draining"] = "ready"
     device: str = "cpu"
+    #: Class of the loaded pipeline (``FluxPipeline``...): names the pool's family (``common.families``).
+    pipeline: str | None = None
     #: Adapter keys (``repo@sha``) fused into the base right now; empty means the plain base.
     fused: list[str] = Field(default_factory=list)
     #: :func:`adapter_set_key` of the adapters active now, scales included (``None``: the plain base).

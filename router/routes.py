@@ -19,7 +19,17 @@ from common.queue import JobQueue
 from common.schemas import InferenceRequest, Job, WorkerState
 from router.errors import responses
 from router.fleet import Fleet
-from router.jobs import MAX_BODY_BYTES, MEDIA_TYPES, build_job, compose, parse_body, pick_format, random_seed
+from router.jobs import (
+    MAX_BODY_BYTES,
+    MEDIA_TYPES,
+    build_job,
+    check_family,
+    compose,
+    parse_body,
+    pick_format,
+    pool_family,
+    random_seed,
+)
 from router.settings import RouterSettings
 
 log = logging.getLogger("router")
@@ -115,6 +125,8 @@ class Health(BaseModel):
 
 class PoolStatus(BaseModel):
     pool: str
+    #: The base's pipeline family (``sdxl``, ``sd15``, ``flux``), as its workers announce it.
+    family: str | None = None
     queue_depth: int
     workers: list[WorkerState]
 
@@ -196,7 +208,13 @@ async def status(request: Request) -> FarmStatus:
 
     async def pool_status(pool: str) -> PoolStatus:
         workers, depth = await asyncio.gather(svc.queue.live_workers(pool), svc.queue.depth(pool))
-        return PoolStatus(pool=pool, queue_depth=depth, workers=sorted(workers, key=lambda w: w.worker_id))
+        family = pool_family(workers)
+        return PoolStatus(
+            pool=pool,
+            family=family.name if family else None,
+            queue_depth=depth,
+            workers=sorted(workers, key=lambda w: w.worker_id),
+        )
 
     pools = await asyncio.gather(*(pool_status(p) for p in svc.settings.pools))
     return FarmStatus(default_base=svc.settings.base, pools=list(pools))
@@ -251,6 +269,7 @@ async def plan_job(
 async def enqueue(svc: Services, job: Job) -> str:
     """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream."""
     workers = await svc.queue.live_workers(job.pool)
+    check_family(job, workers)
     target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if svc.settings.affinity else None
     return await svc.queue.submit(job, worker_id=target, workers=workers)
 

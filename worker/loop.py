@@ -262,6 +262,7 @@ class Worker:
             pool=self.settings.base,
             status=self.status,  # type: ignore[arg-type]
             device=self.device,
+            pipeline=type(self.pipe).__name__,
             fused=self.swapper.active(),
             fused_set=adapter_set_key(self.swapper.active_refs()),
             cached=self.swapper.cached(),
