@@ -191,6 +191,9 @@ class WorkerState(BaseModel):
     last_swap_at: float | None = None
     #: Measured seconds to download and parse an adapter not held in host memory.
     fetch_s: float | None = None
+    #: Bytes of pristine copies of base weights held on the device and in (pinned) host memory.
+    pristine_device_bytes: int = 0
+    pristine_host_bytes: int = 0
     queue_len: int = 0
     jobs_done: int = 0
     swap_s: float | None = None

@@ -257,6 +257,7 @@ class Worker:
     def state(self) -> WorkerState:
         """This worker's heartbeat; ``queued`` is read from its own stream (claimed or not)."""
         queued = [adapter_set_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
+        pristine = self.swapper.pristine()
         return WorkerState(
             worker_id=self.worker_id,
             pool=self.settings.base,
@@ -274,6 +275,8 @@ class Worker:
             jobs_done=self.jobs_done,
             swap_s=self.swap_s,
             fetch_s=self.swapper.fetch_s(),
+            pristine_device_bytes=pristine["device"],
+            pristine_host_bytes=pristine["host"],
             inference_s=self.inference_s,
             started_at=self.started_at,
         )

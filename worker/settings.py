@@ -44,7 +44,21 @@ class WorkerSettings(CommonSettings):
         default=2 * 2**30, ge=0, description="Bytes of parsed adapters kept in host memory (LRU)."
     )
     pristine: Literal["auto", "device", "host"] = Field(
-        default="auto", description="Where pristine copies of touched base weights live."
+        default="auto",
+        description="Where pristine copies of touched base weights live: auto is the device while it has headroom.",
+    )
+    pristine_headroom_bytes: int = Field(
+        default=2 * 2**30,
+        ge=0,
+        description="Device memory pristine copies leave free (auto): past it, copies go to pinned host memory.",
+    )
+    pristine_host_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Most host (pinned) memory for pristine copies (unset: no cap). Past it, copies of weights no "
+            "adapter holds are dropped, and an adapter set that still does not fit is applied unfused."
+        ),
     )
     progress_interval_s: float = Field(
         default=0.25, ge=0, description="Least seconds between two step-progress events of a job."

@@ -47,6 +47,8 @@ class Swapper(Protocol):
 
     def fetch_s(self) -> float | None: ...
 
+    def pristine(self) -> dict[str, int]: ...
+
 
 class _Tracked:
     """What both swappers share: which adapters (and scales) are active, and skipping a no-op swap."""
@@ -104,9 +106,11 @@ class EngineSwapper(_Tracked):
         mode = self.choose(refs, outlook)
         was = self.engine.active.mode if self.engine.active.adapters else None
         report = self.engine.apply(parsed, mode)
-        if was in (None, mode):  # a mode change also pays the other mode's removal: not a clean sample
+        # A mode change (asked, or forced by a full pristine budget) also pays the other mode's
+        # removal: not a clean sample.
+        if was in (None, mode) and report.mode == mode:
             self.costs.observe("fused_apply_s" if mode == "fused" else "unfused_swap_s", report.seconds)
-        return mode
+        return report.mode
 
     def _resync(self) -> None:
         if not self.engine.active.adapters:  # the engine fell back to the plain base
@@ -127,6 +131,9 @@ class EngineSwapper(_Tracked):
 
     def fetch_s(self) -> float | None:
         return self.store.fetch_s
+
+    def pristine(self) -> dict[str, int]:
+        return self.engine.pristine_tiers()
 
 
 class StockSwapper(_Tracked):
@@ -159,3 +166,6 @@ class StockSwapper(_Tracked):
 
     def fetch_s(self) -> float | None:
         return None
+
+    def pristine(self) -> dict[str, int]:
+        return {"device": 0, "host": 0}  # diffusers' own fuse keeps no copies (and drifts)

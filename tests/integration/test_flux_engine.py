@@ -253,3 +253,43 @@ def test_bf16_swaps_then_restore_is_bit_exact(zoo_dir: Path, adapters: dict[str,
     assert np.isfinite(generate(pipe)).all()
     engine.restore()
     assert changed(pipe, before) == []
+
+
+def need(engine: SwapEngine, *layers: ParsedAdapter) -> int:
+    """Bytes of pristine copies these adapters need fused together."""
+    targets = {t for adapter in layers for t in adapter.layers}
+    return sum(engine.modules[t].weight.nbytes for t in targets)
+
+
+def test_pristine_budget_drops_idle_copies_then_goes_unfused(zoo_dir: Path, adapters: dict[str, ParsedAdapter]) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from worker.metrics import WorkerMetrics
+
+    pipe = load_pipe(zoo_dir)
+    before = snapshot(pipe)
+    probe = SwapEngine(pipe)
+    kohya, a = adapters["flux-lora-kohya"], adapters["flux-lora-a"]  # each targets linears the other does not
+    budget = max(need(probe, a), need(probe, kohya))
+    assert need(probe, a, kohya) > budget
+    engine = SwapEngine(pipe, pristine="host", host_bytes=budget)
+    metrics = WorkerMetrics("tiny/flux-base")
+    metrics.watch_pristine(engine.pristine_tiers)
+
+    assert engine.apply([(a, 1.0)]).mode == "fused"
+    # kohya fits alone: the copies of weights only a touched (pristine again) make room for it
+    assert engine.apply([(kohya, 1.0)]).mode == "fused"
+    assert 0 < engine.pristine_tiers()["host"] <= budget and engine.pristine_tiers()["device"] == 0
+    # a + kohya fused cannot be undone exactly within the budget: the same set goes unfused
+    want = diffusers_reference(zoo_dir, ["flux-lora-a", "flux-lora-kohya"], [1.0, 1.0])
+    report = engine.apply([(a, 1.0), (kohya, 1.0)])
+    assert report.mode == "unfused" and engine.active.mode == "unfused"
+    np.testing.assert_allclose(generate(pipe), want, atol=UNFUSED_ATOL, rtol=0)
+    assert engine.apply([(a, 1.0), (kohya, 1.0)]).changed is False  # remembered: no second fused attempt
+
+    scraped = text_string_to_metric_families(generate_latest(metrics.registry).decode())
+    tiers = {s.labels["tier"]: s.value for f in scraped if f.name == "lorafarm_pristine_bytes" for s in f.samples}
+    assert tiers == {"device": 0, "host": engine.pristine_tiers()["host"]}
+    engine.restore()
+    assert changed(pipe, before) == []
