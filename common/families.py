@@ -37,6 +37,8 @@ class Family:
     guidance: Literal["cfg", "distilled"]
     #: Why a negative prompt is refused; empty when the family takes one.
     no_negative_prompt: str = ""
+    #: Half precision it runs in on a GPU (``dtype=auto``): FLUX.1 overflows in fp16.
+    gpu_dtype: Literal["fp16", "bf16"] = "fp16"
 
     @property
     def negative_prompt(self) -> bool:
@@ -58,6 +60,7 @@ FLUX1 = Family(
         "FLUX.1 is guidance-distilled: guidance_scale is an input of the model, with no unconditional "
         "pass for a negative prompt to steer"
     ),
+    gpu_dtype="bf16",
 )
 
 #: Pipeline class name -> family.

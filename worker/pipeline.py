@@ -12,6 +12,7 @@ from diffusers import DiffusionPipeline
 from huggingface_hub import snapshot_download
 from PIL import Image
 
+from common.families import Family, family_of
 from common.schemas import Job
 from worker.families import PipelineFamily
 from worker.settings import WorkerSettings
@@ -31,9 +32,10 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
+def resolve_dtype(setting: str, device: str, family: Family | None = None) -> torch.dtype:
+    """``auto``: the family's half precision on CUDA (fp16 when unknown), fp32 on CPU."""
     if setting == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
+        return _DTYPES[family.gpu_dtype if family else "fp16"] if device == "cuda" else torch.float32
     return _DTYPES[setting]
 
 
@@ -53,8 +55,9 @@ def download_base(settings: WorkerSettings) -> str:
 def load_base(settings: WorkerSettings) -> DiffusionPipeline:
     """Load the base pipeline once, on the configured device and dtype."""
     device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
     path = download_base(settings)
+    family = family_of(DiffusionPipeline.load_config(path).get("_class_name"))
+    dtype = resolve_dtype(settings.dtype, device, family)
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None

@@ -22,7 +22,8 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker name.")
     device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Device for the base.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
-        default="auto", description="Weights dtype: auto is fp16 on CUDA, fp32 on CPU."
+        default="auto",
+        description="Weights dtype: auto is the family's half precision on CUDA (fp16; bf16 for FLUX.1), fp32 on CPU.",
     )
     default_steps: int | None = Field(
         default=None, ge=1, description="Inference steps when a request names none (unset: the family's default)."

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
-from diffusers import FluxPipeline, QwenImagePipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+import torch
+from diffusers import (
+    DiffusionPipeline,
+    FluxPipeline,
+    QwenImagePipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from common import errors
-from common.families import FAMILIES
+from common.families import FAMILIES, FLUX1, SDXL, family_of
 from worker.families import pipeline_family
+from worker.pipeline import resolve_dtype
 
 CLASSES = {cls.__name__: cls for cls in (StableDiffusionXLPipeline, StableDiffusionPipeline, FluxPipeline)}
 
@@ -49,3 +58,12 @@ def test_the_call_takes_family_defaults_and_refuses_what_the_family_lacks() -> N
     kwargs = sdxl.call_kwargs("a cat", steps=2, seed=1, negative_prompt="blurry", guidance_scale=7.0)
     assert kwargs["negative_prompt"] == "blurry" and kwargs["guidance_scale"] == 7.0
     assert "width" not in kwargs  # no size asked, none configured: the pipeline's own default
+
+
+def test_auto_dtype_is_the_familys_half_precision_on_a_gpu(zoo_dir: Path) -> None:
+    flux = family_of(DiffusionPipeline.load_config(zoo_dir / "tiny/flux-base")["_class_name"])
+    assert flux is FLUX1
+    assert resolve_dtype("auto", "cuda", flux) == torch.bfloat16  # FLUX.1 overflows in fp16
+    assert resolve_dtype("auto", "cuda", SDXL) == resolve_dtype("auto", "cuda", None) == torch.float16
+    assert resolve_dtype("auto", "cpu", flux) == torch.float32
+    assert resolve_dtype("fp16", "cuda", flux) == torch.float16  # an explicit setting wins
