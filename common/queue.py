@@ -30,26 +30,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from common import errors, keys
+from common.connections import redis_errors
 from common.schemas import Job, JobResult, JobStatus, WorkerState
 
 log = logging.getLogger(__name__)
 
 #: Dead-letter streams keep about this many entries (approximate trim).
 DEAD_LETTER_MAXLEN = 10_000
-#: Seconds a client is told to wait when Redis is down.
-REDIS_RETRY_AFTER_S = 5.0
 #: Worker ids whose heartbeat is older than this are dropped from a pool's set.
 _PRUNE_WORKERS_S = 3600.0
 _RECLAIM_BATCH = 16
@@ -134,34 +130,6 @@ def _read_result(raw: dict[Any, Any]) -> tuple[JobResult, bytes | None] | None:
     if meta is None:
         return None
     return JobResult.model_validate_json(meta), raw.get(b"image")
-
-
-def sync_client(url: str, *, socket_timeout: float = 10.0, max_connections: int = 8) -> redis.Redis:
-    """A worker-side client: bounded pool, socket timeouts (``socket_timeout`` > the claim block)."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=5.0,
-        health_check_interval=30,
-        max_connections=max_connections,
-    )
-
-
-def async_client(
-    url: str, *, max_connections: int = 64, socket_timeout: float = 5.0, pool_timeout: float = 5.0
-) -> aioredis.Redis:
-    """A router-side client: a bounded blocking pool and short timeouts, so an outage fails fast."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=2.0,
-        health_check_interval=30,
-        # One quick retry heals a connection dropped by a Redis restart; more would only delay the 503.
-        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 # --- worker side --------------------------------------------------------------------------
@@ -541,17 +509,6 @@ def _salvage_job_id(raw: bytes | str) -> str | None:
 
 
 # --- router side --------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
-    """Turn a Redis outage into ``RedisUnavailable`` (503 with ``Retry-After``)."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise errors.RedisUnavailable(
-            "the job queue is unavailable, try again shortly", retry_after=REDIS_RETRY_AFTER_S
-        ) from exc
 
 
 class JobQueue:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from common import errors
-from common.queue import async_client
+from common.connections import async_client
 from common.schemas import InferenceRequest, JobState, JobStatus
 from router.errors import responses
 from router.events import TERMINAL, job_events

@@ -13,8 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Scope
 
+from common.connections import async_client
 from common.hub import HubResolver, hub_fetcher
-from common.queue import JobQueue, async_client
+from common.queue import JobQueue
 from common.schemas import InferenceRequest
 from router import api_jobs, metrics, widget
 from router import errors as http_errors

@@ -23,7 +23,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Scope
 
 from common import errors, keys
-from common.queue import JobQueue, redis_errors
+from common.connections import redis_errors
+from common.queue import JobQueue
 from common.schemas import WorkerState
 from router.observe import ObservedRequest
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import redis
 
+from common.connections import sync_client
 from common.queue import WorkerQueue
 from worker.calibrate import calibrate
 from worker.engine import SwapEngine
@@ -59,12 +60,8 @@ def main(argv: list[str] | None = None) -> None:
         costs = calibrate(engine, pipe) if settings.swap_mode == "auto" else None
         swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
+    client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
     queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
     worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
     if settings.worker_port:

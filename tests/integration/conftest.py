@@ -9,7 +9,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common.queue import async_client, sync_client
+from common.connections import async_client, sync_client
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import redis
 import redis.asyncio as aioredis
 
 from common import errors, keys
-from common.queue import JobQueue, WorkerQueue, async_client
+from common.connections import async_client
+from common.queue import JobQueue, WorkerQueue
 from common.schemas import AdapterRef, Job, WorkerState
 from router.fleet import Fleet
 from router.placement import Policy

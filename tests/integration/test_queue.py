@@ -12,7 +12,8 @@ import redis
 import redis.asyncio as aioredis
 
 from common import errors, keys
-from common.queue import JobQueue, WorkerQueue, async_client, sync_client
+from common.connections import async_client, sync_client
+from common.queue import JobQueue, WorkerQueue
 from common.schemas import AdapterRef, Job, JobResult, WorkerState
 from lorafarm.farm import free_port, wait_port
 from tests.conftest import stop

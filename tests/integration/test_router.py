@@ -23,7 +23,8 @@ import redis
 from PIL import Image
 
 from common import keys
-from common.queue import WorkerQueue, sync_client
+from common.connections import sync_client
+from common.queue import WorkerQueue
 from common.schemas import Job, JobResult, WorkerState
 from lorafarm.farm import free_port, wait_port
 from router.app import create_app

@@ -27,7 +27,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from common.queue import WorkerQueue, sync_client
+from common.connections import sync_client
+from common.queue import WorkerQueue
 from common.schemas import JobResult, WorkerState
 from router.app import create_app
 from router.jobs import MEDIA_TYPES

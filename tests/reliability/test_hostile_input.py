@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.queue import JobQueue, async_client
+from common.connections import async_client
+from common.queue import JobQueue
 from common.schemas import AdapterRef, Job
 from lorafarm.farm import Farm
 from tests.reliability.tools import SDXL, assert_error, body, log, post, raw_request

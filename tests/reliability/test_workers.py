@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from common import keys
-from common.queue import JobQueue, async_client
+from common.connections import async_client
+from common.queue import JobQueue
 from common.schemas import Job
 from lorafarm.farm import Farm, free_port
 from tests.polling import busy_workers, live_workers

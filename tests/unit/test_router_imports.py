@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 CHECK = """
 import sys
-import common.hub, common.queue, common.schemas, common.errors, common.keys, common.settings
+import common.hub, common.connections, common.queue, common.schemas, common.errors, common.keys, common.settings
 from common.hub import hub_fetcher
 hub_fetcher("http://127.0.0.1:9", None, 1.0)
 common_loaded = sorted(m for m in ("torch", "diffusers", "fastapi") if m in sys.modules)
