@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from common import errors, keys
 from common.connections import redis_errors
 from common.schemas import Job, JobResult, JobStatus, WorkerState
+from common.scripts import Forget, HandBack, Placement, Publish, Submit, Unqueue
 
 log = logging.getLogger(__name__)
 
@@ -51,64 +52,6 @@ _PRUNE_WORKERS_S = 3600.0
 _RECLAIM_BATCH = 16
 #: Claimed entries of a dead worker's own stream idle at least this long are adopted.
 _ADOPT_MIN_IDLE_MS = 500
-
-# Atomic: refuse past the bound (the pool's streams, KEYS[4..]), else enqueue on KEYS[1],
-# mark queued, remember where the entry is.
-# A job placed on a worker whose heartbeat (KEYS[4]) has expired since the placement goes to
-# the shared stream (KEYS[5]) instead: a peer may already have forgotten that worker's stream.
-_SUBMIT_LUA = """
-local n = 0
-for i = 6, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
-if n >= tonumber(ARGV[1]) then return false end
-local target = KEYS[1]
-if target ~= KEYS[5] and redis.call('EXISTS', KEYS[4]) == 0 then target = KEYS[5] end
-local id = redis.call('XADD', target, '*', 'job', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-redis.call('HSET', KEYS[3], 'stream', target, 'entry_id', id)
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-return id
-"""
-
-# Atomic: move a job back to the shared stream (KEYS[2]) from an entry held on KEYS[1].
-_HAND_BACK_LUA = """
-local id = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
-redis.call('XACK', KEYS[1], ARGV[3], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('HSET', KEYS[3], 'stream', KEYS[2], 'entry_id', id)
-end
-return id
-"""
-
-# Atomic: forget a dead worker whose own stream is empty.
-_FORGET_LUA = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if redis.call('XLEN', KEYS[1]) > 0 then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
-
-# Atomic: delete the entry only while no worker holds it (not in the group's pending list).
-_UNQUEUE_LUA = """
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if ok and #pending > 0 then return 0 end
-local n = redis.call('XDEL', KEYS[1], ARGV[2])
-if n == 1 then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]) end
-return n
-"""
-
-# First writer wins; then wake the waiter and set the terminal status.
-_PUBLISH_LUA = """
-if redis.call('HSETNX', KEYS[1], 'meta', ARGV[1]) == 0 then return 0 end
-if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'image', ARGV[3]) end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('RPUSH', KEYS[2], '1')
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[4])
-redis.call('PUBLISH', KEYS[4], ARGV[5])
-return 1
-"""
 
 
 def _text(value: Any) -> str:
@@ -156,9 +99,9 @@ class WorkerQueue:
         self.max_deliveries = max_deliveries
         self.stream = keys.pool_stream(pool)
         self.own = keys.worker_stream(pool, worker_id)
-        self._publish = redis.register_script(_PUBLISH_LUA)
-        self._hand_back = redis.register_script(_HAND_BACK_LUA)
-        self._forget = redis.register_script(_FORGET_LUA)
+        self._publish = Publish(redis)
+        self._hand_back = HandBack(redis)
+        self._forget = Forget(redis)
 
     def ensure_group(self) -> None:
         """Create the pool's and this worker's streams and consumer groups if missing (idempotent)."""
@@ -221,8 +164,11 @@ class WorkerQueue:
         """Put jobs this worker holds but will not serve back on the shared stream (on shutdown)."""
         for d in deliveries:
             self._hand_back(
-                keys=[d.stream or self.stream, self.stream, keys.job_entry(d.job.id)],
-                args=[d.entry_id, d.job.model_dump_json(), keys.WORKER_GROUP],
+                held=d.stream or self.stream,
+                shared=self.stream,
+                entry=keys.job_entry(d.job.id),
+                entry_id=d.entry_id,
+                job=d.job.model_dump_json(),
             )
             log.info("event=handed_back job=%s", d.job.id)
 
@@ -321,23 +267,16 @@ class WorkerQueue:
 
     def publish_result(self, result: JobResult, image: bytes | None) -> bool:
         """Write the job's result once and wake its waiter; False when a result was already written."""
-        status = _terminal_status(result).model_dump_json()
-        written = self._publish(
-            keys=[
-                keys.job_result(result.job_id),
-                keys.job_done(result.job_id),
-                keys.job_status(result.job_id),
-                keys.job_events(result.job_id),
-            ],
-            args=[
-                result.model_dump_json(),
-                "1" if image is not None else "0",
-                image or b"",
-                keys.RESULT_TTL_S,
-                status,
-            ],
+        return self._publish(
+            result=keys.job_result(result.job_id),
+            done=keys.job_done(result.job_id),
+            status=keys.job_status(result.job_id),
+            events=keys.job_events(result.job_id),
+            meta=result.model_dump_json(),
+            image=image,
+            final=_terminal_status(result).model_dump_json(),
+            ttl_s=keys.RESULT_TTL_S,
         )
-        return bool(written)
 
     def ack(self, entry_id: str, stream: str | None = None) -> None:
         """Settle an entry: acknowledge and delete it, so the stream length counts live jobs only."""
@@ -396,7 +335,9 @@ class WorkerQueue:
             if worker_id in alive:
                 continue
             stream = keys.worker_stream(self.pool, worker_id)
-            if self._forget(keys=[stream, members, keys.worker_state(worker_id)], args=[worker_id]):
+            if self._forget(
+                stream=stream, members=members, heartbeat=keys.worker_state(worker_id), worker_id=worker_id
+            ):
                 continue
             self._ensure_group(stream)
             out.extend(self._adopt_claimed(stream, worker_id))
@@ -532,8 +473,8 @@ class JobQueue:
         self.worker_ttl_s = worker_ttl_s
         self.queue_max = queue_max
         self.poll_s = poll_s
-        self._submit = redis.register_script(_SUBMIT_LUA)
-        self._unqueue = redis.register_script(_UNQUEUE_LUA)
+        self._submit = Submit(redis)
+        self._unqueue = Unqueue(redis)
 
     async def ping(self) -> None:
         """Raise ``RedisUnavailable`` unless Redis answers."""
@@ -585,15 +526,19 @@ class JobQueue:
         workers = [w for w in workers if w.status != "draining"]
         if not workers:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
-        shared = keys.pool_stream(job.pool)
-        target = keys.worker_stream(job.pool, worker_id) if worker_id else shared
-        alive = keys.worker_state(worker_id) if worker_id else shared
-        queued = JobStatus(job_id=job.id, state="queued").model_dump_json()
+        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
         counted = await self.streams(job.pool)
         async with redis_errors():
             entry_id = await self._submit(
-                keys=[target, keys.job_status(job.id), keys.job_entry(job.id), alive, shared, *counted],
-                args=[self.queue_max, job.model_dump_json(), queued, keys.RESULT_TTL_S],
+                shared=keys.pool_stream(job.pool),
+                status=keys.job_status(job.id),
+                entry=keys.job_entry(job.id),
+                counted=counted,
+                placed=placed,
+                bound=self.queue_max,
+                job=job.model_dump_json(),
+                queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
+                ttl_s=keys.RESULT_TTL_S,
             )
         if entry_id is None:
             raise errors.QueueFull(
@@ -652,12 +597,13 @@ class JobQueue:
             where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
             if where[0] is None or where[1] is None:
                 return False
-            cancelled = JobStatus(job_id=job_id, state="cancelled").model_dump_json()
-            removed = await self._unqueue(
-                keys=[_text(where[0]), keys.job_status(job_id)],
-                args=[keys.WORKER_GROUP, _text(where[1]), cancelled, keys.RESULT_TTL_S],
+            return await self._unqueue(
+                stream=_text(where[0]),
+                status=keys.job_status(job_id),
+                entry_id=_text(where[1]),
+                cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
+                ttl_s=keys.RESULT_TTL_S,
             )
-        return bool(removed)
 
 
 def drain_estimate(depth: int, workers: list[WorkerState], *, cap_s: float = 60.0) -> float:
