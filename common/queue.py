@@ -1,27 +1,4 @@
-"""The queue protocol between the router and the workers, over Redis. Both sides live here.
-
-- A pool (one base model) has one shared stream, ``keys.pool_stream(pool)``, and each worker
-  has its own, ``keys.worker_stream(pool, worker_id)`` (adapter affinity: the router places a
-  job on the worker that holds its adapter). All are read through the consumer group
-  ``keys.WORKER_GROUP``. An entry's field ``job`` holds a ``Job``. A worker serves its own
-  stream first and the shared one when its own is empty.
-- The own stream of a dead worker is adopted by a live one of the pool (``reclaim``): its
-  claimed jobs after a short idle time, its unclaimed ones at once. A worker that stops hands
-  its unserved jobs back to the shared stream (``hand_back``).
-- A worker acknowledges *and deletes* an entry once the job is settled, so the ``XLEN`` of a
-  pool's streams counts the jobs waiting or in hand: that is the bound the router enforces
-  (429 past it).
-- A job claimed by a worker that died stays in the group's pending list; a live worker takes it
-  over after a lease (``reclaim``). Past ``max_deliveries`` it goes to the dead-letter stream and
-  gets a failed result, so nobody waits for it forever.
-- A result is a hash at ``keys.job_result`` (``meta``: ``JobResult`` JSON, ``image``: bytes),
-  written once: the first writer wins. Then ``keys.job_done`` gets one element, which wakes the
-  router blocked on it.
-
-The worker side (``WorkerQueue``) is synchronous and lets redis-py's ``ConnectionError`` and
-``TimeoutError`` through (the worker loop backs off on them). The router side (``JobQueue``)
-is asyncio and turns them into ``RedisUnavailable`` (503 with ``Retry-After``).
-"""
+"""Both ends of the queue protocol (described in ``common/protocol.py``): ``WorkerQueue`` and ``JobQueue``."""
 
 from __future__ import annotations
 
@@ -40,6 +17,7 @@ from pydantic import ValidationError
 
 from common import errors, keys
 from common.connections import redis_errors
+from common.protocol import no_stream, read_result, terminal_status, text, unclaimed_start
 from common.schemas import Job, JobResult, JobStatus, WorkerState
 from common.scripts import Forget, HandBack, Placement, Publish, Submit, Unqueue
 
@@ -52,27 +30,6 @@ _PRUNE_WORKERS_S = 3600.0
 _RECLAIM_BATCH = 16
 #: Claimed entries of a dead worker's own stream idle at least this long are adopted.
 _ADOPT_MIN_IDLE_MS = 500
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _terminal_status(result: JobResult) -> JobStatus:
-    return JobStatus(
-        job_id=result.job_id,
-        state=result.status,
-        worker_id=result.worker_id,
-        error=result.error,
-        error_type=result.error_type,
-    )
-
-
-def _read_result(raw: dict[Any, Any]) -> tuple[JobResult, bytes | None] | None:
-    meta = raw.get(b"meta")
-    if meta is None:
-        return None
-    return JobResult.model_validate_json(meta), raw.get(b"image")
 
 
 # --- worker side --------------------------------------------------------------------------
@@ -137,11 +94,13 @@ class WorkerQueue:
 
     def peek(self) -> Job | None:
         """The next job of the shared stream that no worker has claimed yet (for prefetch)."""
-        groups: Any = self.redis.xinfo_groups(self.stream)
-        last = next((_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == keys.WORKER_GROUP), None)
-        if last is None:
-            return None
-        entries: Any = self.redis.xrange(self.stream, min=f"({last}", max="+", count=1)
+        try:
+            groups: Any = self.redis.xinfo_groups(self.stream)
+        except redis.ResponseError as exc:
+            if no_stream(exc):
+                return None
+            raise
+        entries: Any = self.redis.xrange(self.stream, min=unclaimed_start(groups), max="+", count=1)
         for _entry_id, fields in entries:
             try:
                 return Job.from_fields(fields)
@@ -193,11 +152,11 @@ class WorkerQueue:
         if not pending:
             self._forget_dead_consumers(min_idle_ms)
             return adopted
-        consumers = {_text(p["consumer"]) for p in pending} - {self.worker_id}
+        consumers = {text(p["consumer"]) for p in pending} - {self.worker_id}
         alive = self._alive(sorted(consumers))
         out: list[Delivery] = adopted
         for p in pending:
-            if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
+            if text(p["consumer"]) in alive or text(p["consumer"]) == self.worker_id:
                 continue
             # min_idle_ms again: of two workers reclaiming the same entry, only the first gets it.
             delivery = self._take_over(self.stream, p, min_idle_ms)
@@ -205,7 +164,7 @@ class WorkerQueue:
                 log.info(
                     "event=reclaimed job=%s from=%s deliveries=%d",
                     delivery.job.id,
-                    _text(p["consumer"]),
+                    text(p["consumer"]),
                     delivery.deliveries,
                 )
                 out.append(delivery)
@@ -215,12 +174,12 @@ class WorkerQueue:
         """Claim one pending entry for this worker: its delivery, or None if another worker took it
         first, it is malformed, or it has been delivered too often (it is dead-lettered then)."""
         claimed: Any = self.redis.xclaim(
-            stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [_text(pending["message_id"])]
+            stream, keys.WORKER_GROUP, self.worker_id, min_idle_ms, [text(pending["message_id"])]
         )
         for claimed_id, fields in claimed:
             if fields is None:
                 continue
-            delivery = self._delivery(stream, _text(claimed_id), fields, int(pending["times_delivered"]) + 1)
+            delivery = self._delivery(stream, text(claimed_id), fields, int(pending["times_delivered"]) + 1)
             if delivery is None:
                 continue
             if delivery.deliveries > self.max_deliveries:
@@ -274,7 +233,7 @@ class WorkerQueue:
             events=keys.job_events(result.job_id),
             meta=result.model_dump_json(),
             image=image,
-            final=_terminal_status(result).model_dump_json(),
+            final=terminal_status(result).model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
         )
 
@@ -320,7 +279,7 @@ class WorkerQueue:
         out: list[Delivery] = []
         for stream, entries in reply or []:
             for entry_id, fields in entries:
-                delivery = self._delivery(_text(stream), _text(entry_id), fields, 1)
+                delivery = self._delivery(text(stream), text(entry_id), fields, 1)
                 if delivery is not None:
                     out.append(delivery)
         return out
@@ -328,7 +287,7 @@ class WorkerQueue:
     def _adopt_orphans(self) -> list[Delivery]:
         """Jobs on the own streams of dead workers of the pool: claimed ones and unclaimed ones."""
         members = keys.pool_workers(self.pool)
-        others = [m for m in map(_text, self.redis.zrange(members, 0, -1)) if m != self.worker_id]
+        others = [m for m in map(text, self.redis.zrange(members, 0, -1)) if m != self.worker_id]
         alive = self._alive(others)
         out: list[Delivery] = []
         for worker_id in others:
@@ -346,11 +305,11 @@ class WorkerQueue:
 
     def _adopt_claimed(self, stream: str, dead: str) -> list[Delivery]:
         pending: Any = self.redis.xpending_range(stream, keys.WORKER_GROUP, min="-", max="+", count=_RECLAIM_BATCH)
-        holders = {_text(p["consumer"]) for p in pending} - {self.worker_id}
+        holders = {text(p["consumer"]) for p in pending} - {self.worker_id}
         alive = self._alive(sorted(holders))
         out: list[Delivery] = []
         for p in pending:
-            if _text(p["consumer"]) in alive or _text(p["consumer"]) == self.worker_id:
+            if text(p["consumer"]) in alive or text(p["consumer"]) == self.worker_id:
                 continue  # adopted already by a live worker (or by this one, in its backlog)
             # A short min-idle: of two workers adopting the same entry, only the first gets it.
             delivery = self._take_over(stream, p, _ADOPT_MIN_IDLE_MS)
@@ -363,9 +322,9 @@ class WorkerQueue:
         # Worker ids change with every process; without this the group's consumer list only grows.
         consumers: Any = self.redis.xinfo_consumers(self.stream, keys.WORKER_GROUP)
         idle = [
-            _text(c["name"])
+            text(c["name"])
             for c in consumers
-            if int(c["pending"]) == 0 and int(c["idle"]) >= min_idle_ms and _text(c["name"]) != self.worker_id
+            if int(c["pending"]) == 0 and int(c["idle"]) >= min_idle_ms and text(c["name"]) != self.worker_id
         ]
         alive = self._alive(idle)
         for name in idle:
@@ -489,7 +448,7 @@ class JobQueue:
             ids: Any = await self.redis.zrangebyscore(keys.pool_workers(pool), since, "+inf")
             if not ids:
                 return []
-            raws = await self.redis.mget([keys.worker_state(_text(i)) for i in ids])
+            raws = await self.redis.mget([keys.worker_state(text(i)) for i in ids])
         states = []
         for raw in raws:
             if raw is None:
@@ -504,7 +463,7 @@ class JobQueue:
         """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
         async with redis_errors():
             members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
-        return [keys.pool_stream(pool), *(keys.worker_stream(pool, _text(m)) for m in members)]
+        return [keys.pool_stream(pool), *(keys.worker_stream(pool, text(m)) for m in members)]
 
     async def depth(self, pool: str) -> int:
         """Jobs of the pool waiting or in hand, on all its streams."""
@@ -514,6 +473,21 @@ class JobQueue:
             for stream in streams:
                 pipe.xlen(stream)
             return sum(int(n) for n in await pipe.execute())
+
+    async def oldest_unclaimed(self, stream: str) -> float | None:
+        """Enqueue time (epoch s) of the stream's first entry no worker took yet; None if none waits."""
+        async with redis_errors():
+            try:
+                groups: Any = await self.redis.xinfo_groups(stream)
+            except redis.ResponseError as exc:
+                if no_stream(exc):
+                    return None
+                raise
+            entries: Any = await self.redis.xrange(stream, unclaimed_start(groups), "+", count=1)
+        if not entries:
+            return None
+        # An entry id starts with its enqueue time in milliseconds.
+        return int(text(entries[0][0]).split("-")[0]) / 1000
 
     async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
@@ -545,7 +519,7 @@ class JobQueue:
                 f"the queue of {job.pool} is full ({self.queue_max} jobs)",
                 retry_after=drain_estimate(self.queue_max, workers),
             )
-        return _text(entry_id)
+        return text(entry_id)
 
     async def wait(
         self,
@@ -582,7 +556,7 @@ class JobQueue:
         """The job's published result and image, or None when there is none (yet)."""
         async with redis_errors():
             raw = await self.redis.hgetall(keys.job_result(job_id))
-        return _read_result(raw)
+        return read_result(raw)
 
     async def status(self, job_id: str) -> JobStatus | None:
         """The job's latest state, or None when unknown or expired."""
@@ -598,9 +572,9 @@ class JobQueue:
             if where[0] is None or where[1] is None:
                 return False
             return await self._unqueue(
-                stream=_text(where[0]),
+                stream=text(where[0]),
                 status=keys.job_status(job_id),
-                entry_id=_text(where[1]),
+                entry_id=text(where[1]),
                 cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
                 ttl_s=keys.RESULT_TTL_S,
             )

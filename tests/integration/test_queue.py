@@ -140,6 +140,31 @@ async def test_dead_letter_after_max_deliveries(sync_redis: redis.Redis, aio_red
     assert sync_redis.xpending(keys.pool_stream(pool), keys.WORKER_GROUP)["pending"] == 0
 
 
+async def test_first_unclaimed_entry(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+    """The worker's prefetch and the router's queue-wait gauge read the same entry: the first nobody took."""
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    stream = keys.pool_stream(pool)
+    assert await q.oldest_unclaimed(stream) is None  # no stream yet
+    unread = sync_redis.xadd(stream, {"job": job(pool).model_dump_json()}).decode()
+    # Before the workers' group exists nobody has read the stream: its first entry waits.
+    assert await q.oldest_unclaimed(stream) == int(unread.split("-")[0]) / 1000
+    sync_redis.delete(stream)
+    w = worker(sync_redis, pool, "w1")
+    assert w.peek() is None and await q.oldest_unclaimed(stream) is None  # an empty stream
+    first, second = job(pool), job(pool)
+    await q.submit(first)
+    await q.submit(second)
+    assert w.peek() == first
+    before = await q.oldest_unclaimed(stream)
+    [delivery] = w.claim(block_ms=100)
+    assert delivery.job == first
+    assert w.peek() == second  # the claimed one is no longer waiting
+    after = await q.oldest_unclaimed(stream)
+    assert before is not None and after is not None and before <= after <= time.time() + 1
+    assert len(w.claim(block_ms=100)) == 1
+    assert w.peek() is None and await q.oldest_unclaimed(stream) is None
+
+
 async def test_cancel_unclaimed_job_removes_it(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
