@@ -11,13 +11,13 @@ from typing import Any
 import redis
 
 from common.connections import sync_client
-from common.queue import WorkerQueue
 from worker.calibrate import calibrate
 from worker.engine import SwapEngine
 from worker.loop import Worker
 from worker.metrics import WorkerMetrics
 from worker.pipeline import load_base, resolve_device
 from worker.probe import start_probe
+from worker.queue import WorkerQueue
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper, StockSwapper, Swapper

@@ -10,11 +10,11 @@ from typing import Any, Literal
 import redis
 
 from common import errors
-from common.queue import Delivery, WorkerQueue
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapters_key
 from worker.backlog import order_queue
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
+from worker.queue import Delivery, WorkerQueue
 from worker.settings import WorkerSettings
 from worker.swapper import Outlook, Swapper
 

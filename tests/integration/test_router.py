@@ -24,13 +24,13 @@ from PIL import Image
 
 from common import keys
 from common.connections import sync_client
-from common.queue import WorkerQueue
 from common.schemas import Job, JobResult, WorkerState
 from lorafarm.farm import free_port, wait_port
 from router.app import create_app
 from router.jobs import MEDIA_TYPES
 from router.settings import RouterSettings
 from tests.conftest import ROOT, stop
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio
 
