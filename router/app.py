@@ -15,13 +15,13 @@ from starlette.types import Scope
 
 from common.connections import async_client
 from common.hub import HubResolver, hub_fetcher
-from common.queue import JobQueue
 from common.schemas import InferenceRequest
 from router import api_jobs, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
 from router.observe import ObservedRequest
 from router.placement import Policy
+from router.queue import JobQueue
 from router.routes import Services, router
 from router.settings import RouterSettings
 

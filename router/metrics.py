@@ -21,9 +21,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Scope
 
 from common import errors
-from common.queue import JobQueue
 from common.schemas import WorkerState
 from router.observe import ObservedRequest
+from router.queue import JobQueue
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 

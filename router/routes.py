@@ -15,11 +15,11 @@ from pydantic import BaseModel
 
 from common import errors
 from common.hub import HubResolver, Route, validate_repo_id
-from common.queue import JobQueue
 from common.schemas import InferenceRequest, Job, WorkerState
 from router.errors import responses
 from router.fleet import Fleet
 from router.jobs import MAX_BODY_BYTES, MEDIA_TYPES, build_job, compose, parse_body, pick_format, random_seed
+from router.queue import JobQueue
 from router.settings import RouterSettings
 
 log = logging.getLogger("router")

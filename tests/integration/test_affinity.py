@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 
 from common import errors, keys
 from common.connections import async_client
-from common.queue import JobQueue
 from common.schemas import AdapterRef, Job, WorkerState
 from router.fleet import Fleet
 from router.placement import Policy
+from router.queue import JobQueue
 from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio

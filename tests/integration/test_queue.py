@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 
 from common import errors, keys
 from common.connections import async_client, sync_client
-from common.queue import JobQueue
 from common.schemas import AdapterRef, Job, JobResult, WorkerState
 from lorafarm.farm import free_port, wait_port
+from router.queue import JobQueue
 from tests.conftest import stop
 from worker.queue import WorkerQueue
 

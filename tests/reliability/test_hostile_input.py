@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from common.connections import async_client
-from common.queue import JobQueue
 from common.schemas import AdapterRef, Job
 from lorafarm.farm import Farm
+from router.queue import JobQueue
 from tests.reliability.tools import SDXL, assert_error, body, log, post, raw_request
 
 pytestmark = pytest.mark.slow

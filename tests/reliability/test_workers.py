@@ -12,9 +12,9 @@ import pytest
 
 from common import keys
 from common.connections import async_client
-from common.queue import JobQueue
 from common.schemas import Job
 from lorafarm.farm import Farm, free_port
+from router.queue import JobQueue
 from tests.polling import busy_workers, live_workers
 from tests.reliability.tools import (
     SDXL,

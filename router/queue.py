@@ -1,4 +1,9 @@
-"""Both ends of the queue protocol (described in ``common/protocol.py``): ``WorkerQueue`` and ``JobQueue``."""
+"""The router's end of the pools' queues (redis.asyncio): submit, wait, read, cancel, and what the pools hold.
+
+The protocol both ends follow is described in ``common/protocol.py``. A Redis outage becomes
+``RedisUnavailable`` (503 with ``Retry-After``); only ``wait`` rides one out, for a job it has
+already accepted.
+"""
 
 from __future__ import annotations
 
