@@ -248,7 +248,7 @@ class Farm:
         for name in self.procs:
             if self.exit_code(name) is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{tail}")
 
     def signal(self, name: str, sig: int) -> None:
         proc = self.procs[name]
