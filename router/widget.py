@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from common import errors
 from common.hub import validate_repo_id
 from router.errors import responses
-from router.routes import services
+from router.services import services
 
 #: Adapters listed on the index page at most (those the live workers hold, most shared first).
 INDEX_ADAPTERS = 12
