@@ -20,7 +20,7 @@ from router import api_jobs, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
 from router.observe import ObservedRequest
-from router.placement import Policy
+from router.placement import PlacementRules
 from router.routes import router
 from router.services import Services
 from router.settings import RouterSettings
@@ -77,7 +77,7 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
         timeout_s=settings.hub_timeout_s,
     )
     fleet = Fleet(
-        Policy(
+        PlacementRules(
             affinity=settings.affinity,
             max_queue=settings.affinity_max_queue,
             stale_after_s=settings.worker_ttl_s,
