@@ -87,7 +87,7 @@ _RESULT_ERRORS = responses(*_LOOKUP_ERRORS, errors.JobNotReady, *RESULT_ERRORS)
 # --- wiring -------------------------------------------------------------------------------
 
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(authorize)])
+api = APIRouter(tags=["jobs"], dependencies=[Depends(authorize)])
 
 
 def _location(request: Request, job_id: str) -> str:
@@ -97,7 +97,7 @@ def _location(request: Request, job_id: str) -> str:
 # --- routes -------------------------------------------------------------------------------
 
 
-@router.post(
+@api.post(
     "/jobs",
     summary="Enqueue a generation; answers 202 at once with the job's id and a Location",
     status_code=202,
@@ -148,7 +148,7 @@ async def create_job(
     return _answer(view, 202, {"Location": _location(request, job.id)})
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}",
     summary="The job's state: queued (position), running (step k of n), done, failed, cancelled",
     response_model=JobView,
@@ -159,7 +159,7 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     return _answer(await view_of(request, job_id), 200)
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}/result",
     summary="The image of a done job (409 while it is queued or running)",
     response_class=Response,
@@ -190,7 +190,7 @@ async def get_result(request: Request, job_id: JobId) -> Response:
     )
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}/events",
     summary="Server-Sent Events of the job's states, in order, ending with done, failed or cancelled",
     response_class=StreamingResponse,
@@ -217,7 +217,7 @@ async def get_events(request: Request, job_id: JobId) -> StreamingResponse:
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
-@router.delete(
+@api.delete(
     "/jobs/{job_id}",
     summary="Cancel the job: 200 once cancelled (or already over), 202 while a running job stops",
     response_model=JobView,

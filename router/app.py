@@ -16,12 +16,11 @@ from starlette.types import Scope
 from common.hub import HubResolver, hub_fetcher
 from common.queue import JobQueue, async_client
 from common.schemas import InferenceRequest
-from router import api_jobs, metrics, widget
+from router import api, api_jobs, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
 from router.observe import ObservedRequest
 from router.placement import PlacementRules
-from router.routes import router
 from router.services import Services
 from router.settings import RouterSettings
 from router.tracker import JobTracker
@@ -152,9 +151,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
         lifespan=lifespan,
     )
     http_errors.install(app)
-    app.include_router(router)
-    app.include_router(api_jobs.router)
-    app.include_router(widget.router)
+    for routes in (api, api_jobs, widget):
+        app.include_router(routes.api)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 
 from common import errors
-from common.hub import HubResolver, Route, validate_repo_id
+from common.hub import Destination, HubResolver, validate_repo_id
 from common.queue import JobQueue
 from common.schemas import ImageFormat, InferenceRequest, Job, JobResult
 from router.jobs import MAX_BODY_BYTES, build_job, compose, random_seed
@@ -89,8 +89,8 @@ async def read_body(request: Request) -> bytes:
 
 async def resolve_all(
     resolver: HubResolver, repo_id: str, adapter_ids: list[str], prefer: tuple[str, ...]
-) -> tuple[Route, list[Route]]:
-    """Routes of the repo named and of each composed adapter (resolved concurrently)."""
+) -> tuple[Destination, list[Destination]]:
+    """Destinations of the repo named and of each composed adapter (resolved concurrently)."""
     for name in (repo_id, *adapter_ids):
         validate_repo_id(name)
     found = await asyncio.gather(*(resolver.resolve(n, prefer=prefer) for n in (repo_id, *adapter_ids)))

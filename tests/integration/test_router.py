@@ -109,12 +109,12 @@ def workers(redis_url: str) -> Iterator[dict[str, StubWorker]]:
         yield {SDXL: a, SD15: b}
 
 
-Router = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def router(redis_url: str, devhub_url: str) -> Router:
-    """``async with router(**settings) as client``: the app with its lifespan, over ASGI."""
+def app_client(redis_url: str, devhub_url: str) -> AppClient:
+    """``async with app_client(**settings) as client``: the app with its lifespan, over ASGI."""
 
     @asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
@@ -166,14 +166,14 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> dict
     ],
 )
 async def test_lora_goes_to_its_base_pool_pinned_to_its_sha(
-    router: Router,
+    app_client: AppClient,
     workers: dict[str, StubWorker],
     devhub_url: str,
     repo_id: str,
     pool: str,
     embeddings: str | None,
 ) -> None:
-    async with router() as client:
+    async with app_client() as client:
         r = await client.post(f"/models/{repo_id}", json=PROMPT)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/jpeg"
@@ -194,9 +194,9 @@ async def test_lora_goes_to_its_base_pool_pinned_to_its_sha(
 
 
 async def test_second_request_is_warm_and_seed_is_random_when_absent(
-    router: Router, workers: dict[str, StubWorker]
+    app_client: AppClient, workers: dict[str, StubWorker]
 ) -> None:
-    async with router() as client:
+    async with app_client() as client:
         body = {"inputs": "a cat", "parameters": {"lora_scale": 0.5}}
         first = await client.post("/models/tiny/sdxl-lora-a", json=body)
         second = await client.post("/models/tiny/sdxl-lora-a", json=body)
@@ -207,22 +207,22 @@ async def test_second_request_is_warm_and_seed_is_random_when_absent(
     assert [job.adapters[0].scale for job in workers[SDXL].jobs] == [0.5, 0.5]
 
 
-async def test_served_base_runs_plain(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router() as client:
+async def test_served_base_runs_plain(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client() as client:
         r = await client.post("/models/tiny/sd15-base", json=PROMPT)
     assert r.status_code == 200, r.text
     [job] = workers[SD15].jobs
     assert (job.pool, job.adapters) == (SD15, [])
 
 
-async def test_composed_adapters(router: Router, workers: dict[str, StubWorker]) -> None:
+async def test_composed_adapters(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
     body = {
         "inputs": "a cat",
         "parameters": {
             "adapters": [{"id": "tiny/sdxl-lora-a", "scale": 0.7}, {"id": "tiny/sdxl-lora-b", "scale": 0.3}]
         },
     }
-    async with router() as client:
+    async with app_client() as client:
         r = await client.post("/models/tiny/sdxl-base", json=body)
         mixed = await client.post(
             "/models/tiny/sdxl-lora-c",
@@ -255,9 +255,9 @@ async def test_composed_adapters(router: Router, workers: dict[str, StubWorker])
     ],
 )
 async def test_bad_repos(
-    router: Router, workers: dict[str, StubWorker], repo_id: str, status: int, error_type: str
+    app_client: AppClient, workers: dict[str, StubWorker], repo_id: str, status: int, error_type: str
 ) -> None:
-    async with router() as client:
+    async with app_client() as client:
         r = await client.post(f"/models/{repo_id}", json=PROMPT)
         adapter = await client.post(
             "/models/tiny/sdxl-base", json={"inputs": "a", "parameters": {"adapters": [{"id": repo_id}]}}
@@ -269,8 +269,8 @@ async def test_bad_repos(
     assert workers[SDXL].jobs == [] and workers[SD15].jobs == []
 
 
-async def test_private_repo_without_token_is_not_found(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router(hf_token=None) as client:
+async def test_private_repo_without_token_is_not_found(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client(hf_token=None) as client:
         r = await client.post("/models/tiny/sdxl-lora-private", json=PROMPT)
     assert_error(r, 404, "repo_not_found")
 
@@ -279,10 +279,12 @@ async def test_private_repo_without_token_is_not_found(router: Router, workers: 
     ("error_type", "status"),
     [("adapter_corrupt", 400), ("adapter_incompatible", 400), ("job_failed", 500), ("what_is_this", 500)],
 )
-async def test_failed_job_maps_through_the_table(router: Router, redis_url: str, error_type: str, status: int) -> None:
+async def test_failed_job_maps_through_the_table(
+    app_client: AppClient, redis_url: str, error_type: str, status: int
+) -> None:
     with StubWorker(redis_url, SDXL, "failing", mode="fail") as worker:
         worker.failure = (error_type, "it broke")
-        async with router() as client:
+        async with app_client() as client:
             r = await client.post("/models/tiny/sdxl-lora-nan", json=PROMPT)
     body = assert_error(r, status, error_type if status != 500 or error_type == "job_failed" else "internal_error")
     assert body["error"] == "it broke"
@@ -292,8 +294,8 @@ async def test_failed_job_maps_through_the_table(router: Router, redis_url: str,
 # --- capacity, time, outages ----------------------------------------------------------------
 
 
-async def test_no_worker_is_503_with_retry_after(router: Router, redis_url: str) -> None:
-    async with router() as client:
+async def test_no_worker_is_503_with_retry_after(app_client: AppClient, redis_url: str) -> None:
+    async with app_client() as client:
         r = await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT)
     assert_error(r, 503, "no_worker")
     assert int(r.headers["retry-after"]) >= 1
@@ -304,9 +306,9 @@ async def sdxl_depth(client: httpx.AsyncClient) -> int:
     return int(next(p for p in status["pools"] if p["pool"] == SDXL)["queue_depth"])
 
 
-async def test_queue_full_is_429(router: Router, redis_url: str) -> None:
+async def test_queue_full_is_429(app_client: AppClient, redis_url: str) -> None:
     with StubWorker(redis_url, SDXL, "idle", mode="idle"):
-        async with router(queue_max=2, request_timeout_s=5) as client:
+        async with app_client(queue_max=2, request_timeout_s=5) as client:
             waiting = [asyncio.create_task(client.post("/models/tiny/sdxl-base", json=PROMPT)) for _ in range(2)]
             deadline = time.monotonic() + 4
             while await sdxl_depth(client) < 2 and time.monotonic() < deadline:
@@ -318,10 +320,10 @@ async def test_queue_full_is_429(router: Router, redis_url: str) -> None:
     assert [t.status_code for t in timed_out] == [504, 504]
 
 
-async def test_timeout_is_504_and_the_job_is_cancelled(router: Router, redis_url: str) -> None:
+async def test_timeout_is_504_and_the_job_is_cancelled(app_client: AppClient, redis_url: str) -> None:
     client_redis = redis.Redis.from_url(redis_url)
     with StubWorker(redis_url, SDXL, "idle", mode="idle"):
-        async with router(request_timeout_s=0.5) as client:
+        async with app_client(request_timeout_s=0.5) as client:
             start = time.monotonic()
             r = await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT)
             elapsed = time.monotonic() - start
@@ -333,8 +335,8 @@ async def test_timeout_is_504_and_the_job_is_cancelled(router: Router, redis_url
     client_redis.close()
 
 
-async def test_redis_down_is_503(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router(redis_url=f"redis://127.0.0.1:{free_port()}/0") as client:
+async def test_redis_down_is_503(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client(redis_url=f"redis://127.0.0.1:{free_port()}/0") as client:
         r = await client.post("/models/tiny/sdxl-base", json=PROMPT)
         ready = await client.get("/ready")
         health = await client.get("/health")
@@ -344,8 +346,8 @@ async def test_redis_down_is_503(router: Router, workers: dict[str, StubWorker])
     assert health.status_code == 200
 
 
-async def test_hub_down_is_503_but_bases_still_serve(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router(hf_endpoint=f"http://127.0.0.1:{free_port()}") as client:
+async def test_hub_down_is_503_but_bases_still_serve(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client(hf_endpoint=f"http://127.0.0.1:{free_port()}") as client:
         r = await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT)
         base = await client.post("/models/tiny/sdxl-base", json=PROMPT)
     assert_error(r, 503, "hub_unavailable")
@@ -365,10 +367,10 @@ def own_devhub(zoo_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 async def test_stale_metadata_serves_while_the_hub_is_down(
-    router: Router, workers: dict[str, StubWorker], own_devhub: tuple[str, subprocess.Popen[bytes]]
+    app_client: AppClient, workers: dict[str, StubWorker], own_devhub: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
     url, proc = own_devhub
-    async with router(hf_endpoint=url, metadata_ttl_s=0.01) as client:
+    async with app_client(hf_endpoint=url, metadata_ttl_s=0.01) as client:
         first = await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT)
         stop(proc)
         await asyncio.sleep(0.05)
@@ -387,13 +389,13 @@ async def test_stale_metadata_serves_while_the_hub_is_down(
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 async def test_post_root_with_lora_header(
-    router: Router, workers: dict[str, StubWorker], content_type: str | None
+    app_client: AppClient, workers: dict[str, StubWorker], content_type: str | None
 ) -> None:
     headers = {"lora": "tiny/sdxl-lora-kohya"}
     if content_type:
         headers["content-type"] = content_type
     raw = b'{"inputs": "a cat", "parameters": {"seed": 9}}'
-    async with router() as client:
+    async with app_client() as client:
         r = await client.post("/", content=raw, headers=headers)
         plain = await client.post("/", content=raw, headers={"content-type": "text/plain"})
     assert r.status_code == 200, r.text
@@ -402,8 +404,8 @@ async def test_post_root_with_lora_header(
     assert (plain.status_code, plain_job.pool, plain_job.adapters) == (200, SDXL, [])
 
 
-async def test_post_root_default_base_setting(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router(default_base=SD15) as client:
+async def test_post_root_default_base_setting(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client(default_base=SD15) as client:
         r = await client.post("/", json=PROMPT)
         lora = await client.post("/", json=PROMPT, headers={"lora": "tiny/sdxl-lora-a"})
         bad = await client.post("/", json=PROMPT, headers={"lora": "../etc/passwd"})
@@ -425,10 +427,10 @@ async def test_post_root_default_base_setting(router: Router, workers: dict[str,
     ],
 )
 async def test_accept_formats(
-    router: Router, workers: dict[str, StubWorker], accept: str | None, media: str, pil: str
+    app_client: AppClient, workers: dict[str, StubWorker], accept: str | None, media: str, pil: str
 ) -> None:
     headers = {"accept": accept} if accept else {}
-    async with router() as client:
+    async with app_client() as client:
         r = await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == media
@@ -458,16 +460,18 @@ async def test_accept_formats(
         ("/models/tiny%2Fsdxl-base%20", b'{"inputs": "a"}'),
     ],
 )
-async def test_invalid_requests_are_422(router: Router, workers: dict[str, StubWorker], path: str, raw: bytes) -> None:
-    async with router() as client:
+async def test_invalid_requests_are_422(
+    app_client: AppClient, workers: dict[str, StubWorker], path: str, raw: bytes
+) -> None:
+    async with app_client() as client:
         r = await client.post(path, content=raw, headers={"content-type": "application/json"})
     body = assert_error(r, 422, "invalid_request")
     assert len(body["error"]) < 1000  # nothing echoed at length
     assert workers[SDXL].jobs == []
 
 
-async def test_url_encoded_slash_in_repo_id(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router() as client:
+async def test_url_encoded_slash_in_repo_id(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client() as client:
         r = await client.post("/models/tiny%2Fsdxl-lora-diffusers", json=PROMPT)
     assert r.status_code == 200, r.text
 
@@ -475,8 +479,8 @@ async def test_url_encoded_slash_in_repo_id(router: Router, workers: dict[str, S
 # --- health, status, auth, schema -----------------------------------------------------------
 
 
-async def test_health_ready_status(router: Router, workers: dict[str, StubWorker], redis_url: str) -> None:
-    async with router() as client:
+async def test_health_ready_status(app_client: AppClient, workers: dict[str, StubWorker], redis_url: str) -> None:
+    async with app_client() as client:
         health = await client.get("/health")
         ready = await client.get("/ready")
         await client.post("/models/tiny/sdxl-lora-diffusers", json=PROMPT)
@@ -492,7 +496,7 @@ async def test_health_ready_status(router: Router, workers: dict[str, StubWorker
     assert worker["worker_id"] == "stub-sdxl"
     # The stub's next heartbeat carries the adapter it fused.
     deadline = time.monotonic() + 10
-    async with router() as client:
+    async with app_client() as client:
         while True:
             later = (await client.get("/status")).json()
             fused = next(p for p in later["pools"] if p["pool"] == SDXL)["workers"][0]["fused"]
@@ -502,8 +506,8 @@ async def test_health_ready_status(router: Router, workers: dict[str, StubWorker
     assert fused and fused[0].startswith("tiny/sdxl-lora-diffusers@")
 
 
-async def test_api_key(router: Router, workers: dict[str, StubWorker]) -> None:
-    async with router(api_key="sekrit") as client:
+async def test_api_key(app_client: AppClient, workers: dict[str, StubWorker]) -> None:
+    async with app_client(api_key="sekrit") as client:
         missing = await client.post("/models/tiny/sdxl-base", json=PROMPT)
         wrong = await client.post("/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer nope"})
         good = await client.post("/models/tiny/sdxl-base", json=PROMPT, headers={"authorization": "Bearer sekrit"})
@@ -516,16 +520,16 @@ async def test_api_key(router: Router, workers: dict[str, StubWorker]) -> None:
     assert (good.status_code, health.status_code) == (200, 200)
 
 
-async def test_unknown_route_and_method(router: Router) -> None:
-    async with router() as client:
+async def test_unknown_route_and_method(app_client: AppClient) -> None:
+    async with app_client() as client:
         missing = await client.get("/nope")
         method = await client.get("/models/tiny/sdxl-base")
     assert_error(missing, 404, "not_found")
     assert_error(method, 405, "method_not_allowed")
 
 
-async def test_openapi_declares_bodies_and_errors(router: Router) -> None:
-    async with router() as client:
+async def test_openapi_declares_bodies_and_errors(app_client: AppClient) -> None:
+    async with app_client() as client:
         schema = (await client.get("/openapi.json")).json()
     components = schema["components"]["schemas"]
     assert {"InferenceRequest", "Parameters", "AdapterSpec", "ErrorBody"} <= set(components)

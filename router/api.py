@@ -1,4 +1,8 @@
-"""The HTTP routes: generate (by repo path or ``lora`` header), health, readiness, status."""
+"""The Inference API routes (generate by repo path or ``lora`` header), health, readiness, status.
+
+The job API (``router.api_jobs``) generates through the same ``router.generation``; the widget
+pages are ``router.widget``.
+"""
 
 from __future__ import annotations
 
@@ -58,10 +62,10 @@ class FarmStatus(BaseModel):
     pools: list[PoolStatus]
 
 
-router = APIRouter()
+api = APIRouter()
 
 
-@router.post(
+@api.post(
     "/models/{repo_id:path}",
     summary="Generate an image with a LoRA (routed to its base's pool) or a served base",
     response_class=Response,
@@ -85,7 +89,7 @@ async def generate_model(
     return await _generate(request, repo_id, body, prefer=())
 
 
-@router.post(
+@api.post(
     "/",
     summary="Generate on the default base, with the LoRA named by the `lora` header if any",
     response_class=Response,
@@ -102,12 +106,12 @@ async def generate_default(
     return await _generate(request, (lora or "").strip() or base, body, prefer=(base,))
 
 
-@router.get("/health", response_model=Health, summary="The process is alive (no I/O)")
+@api.get("/health", response_model=Health, summary="The process is alive (no I/O)")
 async def health() -> Health:
     return Health(status="ok")
 
 
-@router.get(
+@api.get(
     "/ready",
     response_model=Health,
     summary="Redis answers: the router can take requests",
@@ -118,7 +122,7 @@ async def ready(request: Request) -> Health:
     return Health(status="ready")
 
 
-@router.get(
+@api.get(
     "/status",
     response_model=FarmStatus,
     summary="Pools, their live workers (with fused adapters) and queue depth",
