@@ -12,7 +12,7 @@ from huggingface_hub import HfApi
 
 from common.errors import AdapterIncompatible
 from common.schemas import AdapterRef
-from tests.integration.test_engine import changed, generate, load_pipe, snapshot
+from tests.integration.pipes import changed, generate, load_pipe, snapshot
 from worker.calibrate import calibrate, synthetic_adapter
 from worker.engine import SwapEngine
 from worker.modes import COST_KINDS, CostTracker
