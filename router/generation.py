@@ -2,9 +2,10 @@
 
 A route parses its own request shape into an ``InferenceRequest`` and calls these in turn: the
 sync routes plan, then ``generate`` (enqueue and wait); the job API plans, binds its idempotency
-key, then enqueues alone. The route builds its HTTP answer (``image_headers``); nothing here
-reads a request beyond its body (``read_body``). The errors each step can raise are declared
-here once, so every route's OpenAPI entry names them alike.
+key, then enqueues alone. So a step added here (say, admission before enqueueing) holds for
+every route at once. The route builds its HTTP answer (``image_headers``); nothing here reads a
+request beyond its body (``read_body``). The errors each step can raise are declared here once,
+so every route's OpenAPI entry names them alike.
 """
 
 from __future__ import annotations
