@@ -17,7 +17,7 @@ import torch
 from worker.adapter import LoraLayer, ParsedAdapter, weight_of
 from worker.engine import SwapEngine
 from worker.fusion import compute_dtype
-from worker.policy import CostTracker
+from worker.modes import CostTracker
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from common import errors, keys
 from common.connections import async_client
 from common.schemas import AdapterRef, Job, WorkerState
 from router.fleet import Fleet
-from router.placement import Policy
+from router.placement import PlacementRules
 from router.queue import JobQueue
 from worker.queue import WorkerQueue
 
@@ -41,7 +41,7 @@ def job(pool: str, *adapters: AdapterRef) -> Job:
 async def test_placed_job_reaches_the_chosen_worker_only(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
     w1 = worker(sync_redis, pool, "w1", fused=[A.key])
     w2 = worker(sync_redis, pool, "w2", fused=[B.key])
-    fleet = Fleet(Policy(stale_after_s=30))
+    fleet = Fleet(PlacementRules(stale_after_s=30))
     live = await jobs.live_workers(pool)
     j = job(pool, A)
     target = fleet.place(j.adapters, live, time.time(), j.id)

@@ -23,6 +23,7 @@ from common.errors import (
     AdapterTooLarge,
     UnsafeAdapterFormat,
 )
+from tests.integration.pipes import changed, generate, load_pipe, snapshot
 from worker.adapter import ParsedAdapter, read_adapter
 from worker.engine import SwapEngine
 
@@ -37,17 +38,6 @@ UNFUSED_ATOL = 2e-3  # fp32: the low-rank path at inference vs a fused weight, t
 diffusers_logging.set_verbosity_error()
 
 
-def load_pipe(zoo: Path, dtype: torch.dtype = torch.float32) -> Any:
-    pipe = StableDiffusionXLPipeline.from_pretrained(zoo / "tiny/sdxl-base", dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def generate(pipe: Any, prompt: str = "a cat") -> np.ndarray:
-    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
-    return np.asarray(out.images)
-
-
 def parse(zoo: Path, name: str, **caps: int) -> ParsedAdapter:
     folder = zoo / "tiny" / name
     embeddings = folder / "embeddings.safetensors"
@@ -59,20 +49,6 @@ def parse(zoo: Path, name: str, **caps: int) -> ParsedAdapter:
         max_rank=caps.get("max_rank", MAX_RANK),
         pipeline_cls=StableDiffusionXLPipeline,
     )
-
-
-def snapshot(pipe: Any) -> dict[str, torch.Tensor]:
-    return {
-        f"{part}.{name}": tensor.detach().clone()
-        for part in ("unet", "text_encoder", "text_encoder_2", "vae")
-        for name, tensor in getattr(pipe, part).state_dict().items()
-    }
-
-
-def changed(pipe: Any, reference: dict[str, torch.Tensor]) -> list[str]:
-    now = snapshot(pipe)
-    assert now.keys() == reference.keys()
-    return [name for name, tensor in now.items() if not torch.equal(tensor, reference[name])]
 
 
 @pytest.fixture(scope="module", autouse=True)
