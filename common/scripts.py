@@ -38,8 +38,8 @@ local n = 0
 for i = (placed and 6 or 4), #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
 if n >= bound then return false end
 local target = shared
--- A worker whose heartbeat expired since the placement gets nothing: a peer may already have
--- forgotten that worker's stream, so the job goes to the shared one.
+-- A job placed on a worker whose heartbeat (KEYS[5]) expired since the placement goes to the
+-- shared stream instead: a peer may already have forgotten that worker's stream (KEYS[4]).
 if placed and redis.call('EXISTS', KEYS[5]) == 1 then target = KEYS[4] end
 local id = redis.call('XADD', target, '*', 'job', job)
 redis.call('SET', status, queued, 'EX', ttl)
