@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from router.placement import Policy, WorkerView, choose_worker
+from router.placement import PlacementRules, WorkerView, choose_worker
 from worker.backlog import QueuedJob, order_queue
 
 #: Base pools: SDXL base 1.0 (92% of the LoRAs), then three smaller bases (see ``base_of``).
@@ -236,7 +236,7 @@ class _Worker:
 class LorafarmPool:
     """One base pool under ``router.placement``: affinity, fast swap, prefetch while busy."""
 
-    def __init__(self, k: int, costs: Costs, policy: Policy, max_age_s: float) -> None:
+    def __init__(self, k: int, costs: Costs, policy: PlacementRules, max_age_s: float) -> None:
         self.workers = [_Worker(f"w{i:03d}") for i in range(k)]
         self.by_id = {w.worker_id: w for w in self.workers}
         self.costs, self.policy, self.max_age_s = costs, policy, max_age_s
@@ -294,9 +294,9 @@ class LorafarmPool:
         self.run.latencies.append(w.busy_until - r.at)
 
 
-def lorafarm_policy(costs: Costs) -> Policy:
+def lorafarm_policy(costs: Costs) -> PlacementRules:
     """lorafarm's settings for the simulation: spill rather than wait longer than a fetch."""
-    return Policy(
+    return PlacementRules(
         max_queue=2,
         max_wait_s=costs.fetch_s,
         max_holders=4,
@@ -316,7 +316,7 @@ PoolSim = Callable[[Sequence[Request], int], Run]
 def policies(costs: Costs, seed: int) -> dict[str, PoolSim]:
     """The shared-base policies, each as ``(pool trace, workers) -> Run``."""
     fast = lorafarm_policy(costs)
-    no_affinity = Policy(affinity=False)
+    no_affinity = PlacementRules(affinity=False)
     return {
         "reference": lambda t, k: reference_pool(t, k, costs, seed),
         "lorafarm": lambda t, k: LorafarmPool(k, costs, fast, 4 * costs.inference_s).serve(t),

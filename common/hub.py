@@ -103,7 +103,7 @@ class RepoInfo:
 
 
 @dataclass(frozen=True)
-class Route:
+class Destination:
     """Where a repo's jobs go: ``pool`` (preferred) of ``pools`` (every served base it fits)."""
 
     kind: Literal["lora", "base"]
@@ -139,7 +139,7 @@ def classify(
     allow_gated: bool = False,
     allow_private: bool = False,
     max_adapter_bytes: int | None = None,
-) -> Route:
+) -> Destination:
     """Decide what the repo is and which pool serves it, or raise the ``ModelError``/``AdapterError`` why not.
 
     ``served`` is in order of preference: a LoRA declaring several bases goes to the first served one.
@@ -153,7 +153,7 @@ def classify(
     served_list = ", ".join(served) or "none"
     base = _served_match(info.id, served)
     if base is not None:
-        return Route(kind="base", pool=base, pools=(base,))
+        return Destination(kind="base", pool=base, pools=(base,))
     if "lora" in (t.lower() for t in info.tags):
         declared = info.bases()
         if not declared:
@@ -177,7 +177,7 @@ def classify(
             embeddings_name=EMBEDDINGS_NAME if EMBEDDINGS_NAME in names else None,
             size=weight.size,
         )
-        return Route(kind="lora", pool=pools[0], pools=pools, adapter=ref)
+        return Destination(kind="lora", pool=pools[0], pools=pools, adapter=ref)
     if info.pipeline_tag == "text-to-image":
         raise errors.BaseNotServed(f"{info.id} is a text-to-image model not served here; served: {served_list}")
     raise errors.UnsupportedModel(
@@ -233,7 +233,7 @@ _DEFINITIVE = (errors.RepoNotFound, errors.GatedRepo, errors.PrivateRepo, errors
 
 
 class HubResolver:
-    """Resolves repo ids to routes: TTL cache by repo id, one Hub call per id at a time, stale-if-error."""
+    """Resolves repo ids to destinations: TTL cache by repo id, one Hub call per id at a time, stale-if-error."""
 
     def __init__(
         self,
@@ -265,12 +265,12 @@ class HubResolver:
         self._inflight: dict[str, asyncio.Future[RepoInfo]] = {}
         self._down_until = 0.0
 
-    async def resolve(self, repo_id: str, *, prefer: Sequence[str] = ()) -> Route:
-        """The route of ``repo_id``; a served base needs no Hub call. ``prefer`` reorders the pools."""
+    async def resolve(self, repo_id: str, *, prefer: Sequence[str] = ()) -> Destination:
+        """The destination of ``repo_id``; a served base needs no Hub call. ``prefer`` reorders the pools."""
         served = [*(p for p in prefer if p in self.served), *(p for p in self.served if p not in prefer)]
         base = _served_match(repo_id, served)
         if base is not None:
-            return Route(kind="base", pool=base, pools=(base,))
+            return Destination(kind="base", pool=base, pools=(base,))
         info = await self.info(repo_id)
         return classify(
             info,

@@ -145,7 +145,7 @@ class JobResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     worker_id: str | None = None
-    #: Adapter keys fused when the job started, before any swap: True when no swap was needed.
+    #: True when the job's adapters were already active when it started (no swap was needed).
     warm: bool = False
     swap_s: float = 0.0
     inference_s: float = 0.0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lorafarm import generate
 from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
+from lorafarm.supervisor import Backoff, Supervisor
 
 ZOO_STAMP = ".zoo-built"
 #: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
@@ -80,12 +81,14 @@ Try:
   curl {url}/ -H 'lora: tiny/sdxl-lora-kohya' -d '{{"inputs": "an elephant"}}' -o kohya.jpg
   curl {url}/status
   widget: {url}/widget/tiny/sdxl-lora-diffusers
-Ctrl-C stops everything.""",
+A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""",
             flush=True,
         )
+        backoff = Backoff(first_s=args.restart_delay)
+        supervisor = Supervisor(farm, backoff, say=lambda line: print(line, flush=True))
         while True:
-            farm.check_alive()
-            time.sleep(1)
+            supervisor.tick()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 0
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
     p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")
+    p_run.add_argument(
+        "--restart-delay", type=float, default=1.0, help="seconds before a dead process is restarted (doubling)"
+    )
     p_run.add_argument("--state", default=str(REPO_ROOT / ".farm"), help="logs, Redis data, Hub cache")
     p_run.set_defaults(func=run)
     p_gen = sub.add_parser("generate", help="generate one image through a router's job API, with a progress bar")

@@ -56,6 +56,10 @@ class Farm:
         self.logs = config.state_dir / "logs"
         self.logs.mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: How each process was started (argv, env, port to wait for), so it can be started again.
+        self._commands: dict[str, tuple[list[str], dict[str, str], int | None]] = {}
+        self.pids = config.state_dir / "pids"
+        self.pids.mkdir(exist_ok=True)
         self.redis_port = config.redis_port or free_port()
         self.devhub_port = config.devhub_port or free_port()
         self.router_port = config.router_port or free_port()
@@ -108,12 +112,30 @@ class Farm:
 
     # --- processes ----------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], port: int | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.procs[name] = proc
+        self._commands[name] = (argv, env, port)
+        (self.pids / f"{name}.pid").write_text(f"{proc.pid}\n")
         return proc
+
+    def exit_code(self, name: str) -> int | None:
+        """The exit code of a process that ended without being stopped on purpose, else None."""
+        proc = self.procs[name]
+        if getattr(proc, "_farm_stopped", False):
+            return None
+        return proc.poll()
+
+    def restart(self, name: str) -> None:
+        """Start a process again exactly as it was started (same argv, environment and port)."""
+        argv, env, port = self._commands[name]
+        proc = self._spawn(name, argv, env, port)
+        if port is not None:
+            wait_port(port, proc)
 
     def start_redis(self) -> None:
         exe = shutil.which("redis-server")
@@ -141,7 +163,7 @@ class Farm:
             argv[1:3] = ["--port", "0", "--tls-port", str(self.redis_port)]
             argv += ["--tls-cert-file", str(self.tls_cert), "--tls-key-file", str(key)]
             argv += ["--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no"]
-        wait_port(self.redis_port, self._spawn("redis", argv, self.base_env()))
+        wait_port(self.redis_port, self._spawn("redis", argv, self.base_env(), self.redis_port))
 
     def _make_tls_cert(self) -> Path:
         """A key and a self-signed certificate for 127.0.0.1 (made once per farm); returns the key."""
@@ -179,12 +201,13 @@ class Farm:
             "--delay-ms",
             str(delay_ms),
         ]
-        wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env()))
+        wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env(), self.devhub_port))
 
     def start_router(self) -> None:
         env = self.base_env() | {"LORAFARM_PORT": str(self.router_port), "LORAFARM_HOST": "127.0.0.1"}
         env.update(self.config.router_env)
-        wait_port(self.router_port, self._spawn("router", [sys.executable, "-m", "router"], env), timeout=60)
+        router = self._spawn("router", [sys.executable, "-m", "router"], env, self.router_port)
+        wait_port(self.router_port, router, timeout=60)
 
     def start_worker(self, pool: str, env: dict[str, str] | None = None) -> str:
         """Start one worker of ``pool``; returns its name (also its worker id)."""
@@ -224,10 +247,10 @@ class Farm:
         raise TimeoutError(f"workers not ready after {timeout}s; logs in {self.logs}")
 
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None and not getattr(proc, "_farm_stopped", False):
+        for name in self.procs:
+            if self.exit_code(name) is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+                raise RuntimeError(f"{name} exited with {self.procs[name].returncode}:\n{tail}")
 
     def signal(self, name: str, sig: int) -> None:
         proc = self.procs[name]

@@ -7,31 +7,28 @@ waiting. Its state lives in Redis (``keys.job_status``), so any router replica a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from common import errors
-from common.queue import async_client
 from common.schemas import InferenceRequest, JobState, JobStatus
 from router.errors import responses
 from router.events import TERMINAL, job_events
-from router.jobs import MEDIA_TYPES, parse_body
-from router.routes import (
+from router.generation import (
     ENQUEUE_ERRORS,
     IMAGE_HEADERS,
-    Services,
-    authorize,
+    RESULT_ERRORS,
     enqueue,
+    image_headers,
+    image_of,
     plan_job,
     read_body,
-    services,
 )
-from router.tracker import JobTracker
+from router.jobs import MEDIA_TYPES, parse_body, pick_format
+from router.services import authorize, services
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -84,44 +81,13 @@ _VIEW = {"model": JobView}
 _RESULT_HEADERS = {name: header for name, header in IMAGE_HEADERS.items() if name != "x-seed"}
 _LOOKUP_ERRORS = (errors.InvalidRequest, errors.Unauthorized, errors.JobNotFound, errors.RedisUnavailable)
 _SUBMIT_ERRORS = responses(*ENQUEUE_ERRORS)
-_RESULT_ERRORS = responses(
-    *_LOOKUP_ERRORS,
-    errors.JobNotReady,
-    errors.JobCancelled,
-    errors.UnsafeAdapterFormat,
-    errors.AdapterCorrupt,
-    errors.AdapterIncompatible,
-    errors.AdapterTooLarge,
-    errors.DisabledRepo,
-    errors.HubUnavailable,
-    errors.JobFailed,
-    errors.InternalError,
-)
+_RESULT_ERRORS = responses(*_LOOKUP_ERRORS, errors.JobNotReady, *RESULT_ERRORS)
 
 
 # --- wiring -------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Runs inside the app's lifespan, so the services exist already.
-    svc: Services = app.state.services
-    settings = svc.settings
-    # Each event stream holds one pub/sub connection: a pool of their own keeps them from
-    # starving the short commands; past the bound a stream waits, then answers 503.
-    events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)
-    app.state.tracker = JobTracker(svc.queue.redis, events, scan_max=settings.queue_max)
-    try:
-        yield
-    finally:
-        await events.aclose()
-
-
-router = APIRouter(lifespan=_lifespan, tags=["jobs"], dependencies=[Depends(authorize)])
-
-
-def tracker(request: Request) -> JobTracker:
-    return request.app.state.tracker
+api = APIRouter(tags=["jobs"], dependencies=[Depends(authorize)])
 
 
 def _location(request: Request, job_id: str) -> str:
@@ -131,7 +97,7 @@ def _location(request: Request, job_id: str) -> str:
 # --- routes -------------------------------------------------------------------------------
 
 
-@router.post(
+@api.post(
     "/jobs",
     summary="Enqueue a generation; answers 202 at once with the job's id and a Location",
     status_code=202,
@@ -154,7 +120,8 @@ async def create_job(
         ),
     ] = None,
 ) -> Response:
-    svc, track = services(request), tracker(request)
+    svc = services(request)
+    track = svc.tracker
     model, body = parse_job_body(await read_body(request))
     key = idempotency_key.strip() if idempotency_key else None
     if key:
@@ -163,7 +130,10 @@ async def create_job(
             return await _replay(request, existing)
     base = svc.settings.base
     repo_id, prefer = (model, ()) if model else ((lora or "").strip() or base, (base,))
-    job = await plan_job(request, repo_id, body, prefer=prefer, timeout_s=svc.settings.job_timeout_s)
+    request.state.repo = repo_id
+    fmt = pick_format(request.headers.get("accept"))
+    job = await plan_job(svc, repo_id, body, prefer=prefer, fmt=fmt, timeout_s=svc.settings.job_timeout_s)
+    request.state.job_id = job.id
     if key:
         existing = await track.bind(key, job.id)
         if existing is not None:
@@ -178,7 +148,7 @@ async def create_job(
     return _answer(view, 202, {"Location": _location(request, job.id)})
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}",
     summary="The job's state: queued (position), running (step k of n), done, failed, cancelled",
     response_model=JobView,
@@ -189,7 +159,7 @@ async def get_job(request: Request, job_id: JobId) -> Response:
     return _answer(await view_of(request, job_id), 200)
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}/result",
     summary="The image of a done job (409 while it is queued or running)",
     response_class=Response,
@@ -214,19 +184,13 @@ async def get_result(request: Request, job_id: JobId) -> Response:
             raise errors.JobCancelled("the job was cancelled")
         raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
     result, image = found
-    if result.status != "done" or image is None:
-        raise errors.error_from_type(result.error_type or "internal_error", result.error or "the job failed")
-    headers = {
-        "x-request-id": job_id,
-        "x-compute-time": f"{result.compute_s:.3f}",
-        "x-worker-id": result.worker_id or "",
-        "x-adapter-warm": "true" if result.warm else "false",
-        "x-swap-time": f"{result.swap_s:.4f}",
-    }
-    return Response(image, media_type=result.content_type or "application/octet-stream", headers=headers)
+    headers = image_headers(job_id, result)
+    return Response(
+        image_of(result, image), media_type=result.content_type or "application/octet-stream", headers=headers
+    )
 
 
-@router.get(
+@api.get(
     "/jobs/{job_id}/events",
     summary="Server-Sent Events of the job's states, in order, ending with done, failed or cancelled",
     response_class=StreamingResponse,
@@ -248,12 +212,12 @@ async def get_events(request: Request, job_id: JobId) -> StreamingResponse:
     async def read(job: str) -> JobStatus | None:
         return await status_with_position(request, job)
 
-    body = job_events(tracker(request), read, job_id, max_s=svc.settings.job_timeout_s + 60)
+    body = job_events(svc.tracker, read, job_id, max_s=svc.settings.job_timeout_s + 60)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
-@router.delete(
+@api.delete(
     "/jobs/{job_id}",
     summary="Cancel the job: 200 once cancelled (or already over), 202 while a running job stops",
     response_model=JobView,
@@ -274,7 +238,7 @@ async def cancel_job(request: Request, job_id: JobId) -> Response:
     if await svc.queue.cancel(job_id):
         # Removed unclaimed: no worker will say so, so tell the event streams here.
         cancelled = await svc.queue.status(job_id) or JobStatus(job_id=job_id, state="cancelled")
-        await tracker(request).announce(cancelled)
+        await svc.tracker.announce(cancelled)
     view = await view_of(request, job_id)
     return _answer(view, 200 if view.status in TERMINAL else 202)
 
@@ -301,7 +265,7 @@ async def status_with_position(request: Request, job_id: str) -> JobStatus | Non
     """The stored status, with the queue position filled in while queued."""
     status = await services(request).queue.status(job_id)
     if status is not None and status.state == "queued":
-        status.position = await tracker(request).position(job_id)
+        status.position = await services(request).tracker.position(job_id)
     return status
 
 

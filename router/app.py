@@ -13,16 +13,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from starlette.types import Scope
 
+from common.connections import async_client
 from common.hub import HubResolver, hub_fetcher
-from common.queue import JobQueue, async_client
 from common.schemas import InferenceRequest
-from router import api_jobs, metrics, widget
+from router import api, api_jobs, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
 from router.observe import ObservedRequest
-from router.placement import Policy
-from router.routes import Services, router
+from router.placement import PlacementRules
+from router.queue import JobQueue
+from router.services import Services
 from router.settings import RouterSettings
+from router.tracker import JobTracker
 
 log = logging.getLogger("router")
 
@@ -57,7 +59,7 @@ class RequestLog(ObservedRequest):
 
 
 def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
-    """The queue and the resolver of one app, and the Redis clients to close at shutdown."""
+    """The queue, the resolver and the job tracker of one app, and the Redis clients to close at shutdown."""
     client = async_client(settings.redis_url, max_connections=settings.redis_max_connections)
     # One connection per waiting request; admitted requests are bounded by the queues' bound.
     waiter = async_client(
@@ -75,13 +77,18 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
         timeout_s=settings.hub_timeout_s,
     )
     fleet = Fleet(
-        Policy(
+        PlacementRules(
             affinity=settings.affinity,
             max_queue=settings.affinity_max_queue,
             stale_after_s=settings.worker_ttl_s,
         )
     )
-    return Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet), [client, waiter]
+    # Each event stream holds one pub/sub connection: a pool of their own keeps them from
+    # starving the short commands; past the bound a stream waits, then answers 503.
+    events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)
+    tracker = JobTracker(client, events, scan_max=settings.queue_max)
+    svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker)
+    return svc, [client, waiter, events]
 
 
 _NO_ROUTE = {
@@ -145,9 +152,8 @@ def create_app(settings: RouterSettings) -> FastAPI:
         lifespan=lifespan,
     )
     http_errors.install(app)
-    app.include_router(router)
-    app.include_router(api_jobs.router)
-    app.include_router(widget.router)
+    for routes in (api, api_jobs, widget):
+        app.include_router(routes.api)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -87,9 +87,9 @@ def describe_validation(exc: ValidationError | RequestValidationError, limit: in
 
 
 def responses(*types: type[errors.LorafarmError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the errors a route can answer."""
+    """OpenAPI ``responses`` entries for the errors a route can answer (each named once)."""
     out: dict[int | str, dict[str, Any]] = {}
-    for cls in types:
+    for cls in dict.fromkeys(types):
         status = STATUS[cls]
         entry = out.setdefault(status, {"model": ErrorBody, "description": ""})
         names = [n for n in entry["description"].split(", ") if n]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from common.schemas import AdapterRef, WorkerState, adapter_set_key
-from router.placement import Policy, WorkerView, choose_worker
+from router.placement import PlacementRules, WorkerView, choose_worker
 
 
 def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> WorkerView:
@@ -46,7 +46,7 @@ class Placed(NamedTuple):
 class Fleet:
     """Placement over heartbeats, remembering what this router placed since each heartbeat."""
 
-    policy: Policy
+    rules: PlacementRules
     #: worker id -> jobs placed there, dropped once a newer heartbeat includes them or they finish.
     _placed: dict[str, list[Placed]] = field(default_factory=dict)
 
@@ -55,12 +55,12 @@ class Fleet:
     ) -> str | None:
         """The worker the job should go to (``None``: the pool's shared stream).
 
-        Overloaded workers are not queued on (``Policy.spill_to_shared``): the job goes to the
+        Overloaded workers are not queued on (``PlacementRules.spill_to_shared``): the job goes to the
         shared stream, which any worker drains and the autoscaler measures (KEDA reads it).
         """
         key = adapter_set_key(adapters)
         views = {w.worker_id: view_of(w, self._since(w), now) for w in workers}
-        chosen = choose_worker(key, views.values(), self.policy, now)
+        chosen = choose_worker(key, views.values(), self.rules, now)
         if chosen is None:
             return None
         self._placed.setdefault(chosen, []).append(Placed(now, key, job_id))

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from common import errors
 from common.families import Family, check_parameters, family_of
-from common.hub import Route
+from common.hub import Destination
 from common.schemas import AdapterRef, ImageFormat, InferenceRequest, Job, WorkerState
 from router.errors import describe_validation
 
@@ -73,7 +73,7 @@ def pick_format(accept: str | None) -> ImageFormat:
 
 
 def compose(
-    main: Route, extras: Sequence[tuple[Route, float]], *, lora_scale: float | None
+    main: Destination, extras: Sequence[tuple[Destination, float]], *, lora_scale: float | None
 ) -> tuple[str, list[AdapterRef]]:
     """The pool and the adapters of a request: the repo named (if a LoRA) plus ``parameters.adapters``.
 
@@ -81,18 +81,18 @@ def compose(
     """
     adapters: list[AdapterRef] = []
     seen: set[str] = set()
-    for route, scale in extras:
-        if route.adapter is None:
-            raise errors.UnsupportedModel(f"{route.pool} is a base model, not an adapter")
-        key = route.adapter.repo_id.lower()
+    for dest, scale in extras:
+        if dest.adapter is None:
+            raise errors.UnsupportedModel(f"{dest.pool} is a base model, not an adapter")
+        key = dest.adapter.repo_id.lower()
         if key in seen:
-            raise errors.InvalidRequest(f"adapter {route.adapter.repo_id} is listed twice")
+            raise errors.InvalidRequest(f"adapter {dest.adapter.repo_id} is listed twice")
         seen.add(key)
-        adapters.append(route.adapter.model_copy(update={"scale": scale}))
+        adapters.append(dest.adapter.model_copy(update={"scale": scale}))
     if main.adapter is not None and main.adapter.repo_id.lower() not in seen:
         scale = 1.0 if lora_scale is None else lora_scale
         adapters.insert(0, main.adapter.model_copy(update={"scale": scale}))
-    common = [p for p in main.pools if all(p in route.pools for route, _ in extras)]
+    common = [p for p in main.pools if all(p in dest.pools for dest, _ in extras)]
     if not common:
         names = ", ".join(a.repo_id for a in adapters)
         raise errors.AdapterIncompatible(f"the adapters {names} share no served base model")

@@ -13,19 +13,17 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import redis
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Scope
 
-from common import errors, keys
-from common.queue import JobQueue, redis_errors
+from common import errors
 from common.schemas import WorkerState
 from router.observe import ObservedRequest
+from router.queue import JobQueue
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -132,31 +130,9 @@ class RouterMetrics:
 
 async def read_pool(queue: JobQueue, pool: str) -> PoolSnapshot:
     depth, workers, streams = await asyncio.gather(queue.depth(pool), queue.live_workers(pool), queue.streams(pool))
-    oldest = [t for t in await asyncio.gather(*(_oldest_waiting(queue, s) for s in streams)) if t is not None]
+    oldest = [t for t in await asyncio.gather(*(queue.oldest_unclaimed(s) for s in streams)) if t is not None]
     wait = max(0.0, time.time() - min(oldest)) if oldest else 0.0
     return PoolSnapshot(pool=pool, queue_size=depth, oldest_wait_s=wait, workers=workers)
-
-
-async def _oldest_waiting(queue: JobQueue, stream: str) -> float | None:
-    """Enqueue time (epoch s) of the stream's oldest entry no worker took yet; None if none waits."""
-    async with redis_errors():
-        try:
-            groups: Any = await queue.redis.xinfo_groups(stream)
-        except redis.ResponseError as exc:  # no such stream: nothing waits
-            if "no such key" in str(exc).lower():
-                return None
-            raise
-        last = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == keys.WORKER_GROUP), None)
-        start = f"({_text(last)}" if last is not None and _text(last) != "0-0" else "-"
-        entries: Any = await queue.redis.xrange(stream, start, "+", count=1)
-    if not entries:
-        return None
-    # An entry id starts with its enqueue time in milliseconds.
-    return int(_text(entries[0][0]).split("-")[0]) / 1000
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -50,7 +50,7 @@ class WorkerView:
 
 
 @dataclass(frozen=True)
-class Policy:
+class PlacementRules:
     """Knobs of :func:`choose_worker`; the defaults suit a worker with a fast swap."""
 
     #: False: no affinity, every job goes to the shared pool stream (the reference behaviour).
@@ -77,9 +77,9 @@ class Policy:
     default_inference_s: float = 10.0
 
 
-def is_live(worker: WorkerView, policy: Policy, now: float) -> bool:
+def is_live(worker: WorkerView, rules: PlacementRules, now: float) -> bool:
     """The worker announced itself ready and its heartbeat is fresh."""
-    return worker.alive and now - worker.last_seen <= policy.stale_after_s
+    return worker.alive and now - worker.last_seen <= rules.stale_after_s
 
 
 def holder_tier(worker: WorkerView, adapter: str | None) -> int:
@@ -94,10 +94,10 @@ def holder_tier(worker: WorkerView, adapter: str | None) -> int:
     return ABSENT
 
 
-def expected_wait_s(worker: WorkerView, policy: Policy) -> float:
+def expected_wait_s(worker: WorkerView, rules: PlacementRules) -> float:
     """Seconds before a job appended to ``worker``'s queue would start."""
-    inference = _or(worker.inference_s, policy.default_inference_s)
-    swap = _or(worker.swap_s, policy.default_swap_s)
+    inference = _or(worker.inference_s, rules.default_inference_s)
+    swap = _or(worker.swap_s, rules.default_swap_s)
     wait = worker.remaining_s if worker.busy else 0.0
     previous = worker.fused
     for adapter in worker.queued:
@@ -106,30 +106,30 @@ def expected_wait_s(worker: WorkerView, policy: Policy) -> float:
     return wait
 
 
-def is_overloaded(worker: WorkerView, policy: Policy) -> bool:
+def is_overloaded(worker: WorkerView, rules: PlacementRules) -> bool:
     """Too many jobs on the worker, or a new one would wait too long."""
     depth = int(worker.busy) + len(worker.queued)
-    return depth >= policy.max_queue or expected_wait_s(worker, policy) > policy.max_wait_s
+    return depth >= rules.max_queue or expected_wait_s(worker, rules) > rules.max_wait_s
 
 
-def expected_finish_s(worker: WorkerView, adapter: str | None, policy: Policy, now: float) -> float:
+def expected_finish_s(worker: WorkerView, adapter: str | None, rules: PlacementRules, now: float) -> float:
     """Seconds until a job for ``adapter`` appended to ``worker`` would finish, plus damping.
 
     A download overlaps the jobs ahead (prefetch), so only the part longer than the wait counts.
     """
-    wait = expected_wait_s(worker, policy)
+    wait = expected_wait_s(worker, rules)
     tier = holder_tier(worker, adapter)
     swap = 0.0
     if tier != TAIL:
-        swap = _or(worker.swap_s, policy.default_swap_s)
+        swap = _or(worker.swap_s, rules.default_swap_s)
         if tier == ABSENT:
-            swap += max(0.0, _or(worker.fetch_s, policy.default_fetch_s) - wait)
-        if _swapped_recently(worker, policy, now):
-            swap += policy.damping_s
-    return wait + swap + _or(worker.inference_s, policy.default_inference_s)
+            swap += max(0.0, _or(worker.fetch_s, rules.default_fetch_s) - wait)
+        if _swapped_recently(worker, rules, now):
+            swap += rules.damping_s
+    return wait + swap + _or(worker.inference_s, rules.default_inference_s)
 
 
-def choose_worker(adapter: str | None, workers: Iterable[WorkerView], policy: Policy, now: float) -> str | None:
+def choose_worker(adapter: str | None, workers: Iterable[WorkerView], rules: PlacementRules, now: float) -> str | None:
     """The worker a job for ``adapter`` should go to; ``None``: the shared pool stream.
 
     A holder (adapter fused or queued there) that is not overloaded comes first; else, while
@@ -138,33 +138,33 @@ def choose_worker(adapter: str | None, workers: Iterable[WorkerView], policy: Po
     to the smaller worker id. With ``spill_to_shared``, a choice that is overloaded becomes
     ``None``: the job waits on the shared stream for the first worker that frees up.
     """
-    live = [w for w in workers if is_live(w, policy, now)]
-    if not live or not policy.affinity:
+    live = [w for w in workers if is_live(w, rules, now)]
+    if not live or not rules.affinity:
         return None
-    chosen = _choose(adapter, live, policy, now)
-    if policy.spill_to_shared and is_overloaded(chosen, policy):
+    chosen = _choose(adapter, live, rules, now)
+    if rules.spill_to_shared and is_overloaded(chosen, rules):
         return None
     return chosen.worker_id
 
 
-def _choose(adapter: str | None, live: list[WorkerView], policy: Policy, now: float) -> WorkerView:
+def _choose(adapter: str | None, live: list[WorkerView], rules: PlacementRules, now: float) -> WorkerView:
     holders = [w for w in live if holder_tier(w, adapter) <= ON_DEVICE]
-    ready = [w for w in holders if not is_overloaded(w, policy)]
+    ready = [w for w in holders if not is_overloaded(w, rules)]
     if ready:
-        return min(ready, key=lambda w: _rank(w, adapter, policy, now, tier_first=True))
-    if holders and len(holders) >= policy.max_holders and not any(_is_idle(w) for w in live):
-        return min(holders, key=lambda w: _rank(w, adapter, policy, now))
+        return min(ready, key=lambda w: _rank(w, adapter, rules, now, tier_first=True))
+    if holders and len(holders) >= rules.max_holders and not any(_is_idle(w) for w in live):
+        return min(holders, key=lambda w: _rank(w, adapter, rules, now))
     held = {w.worker_id for w in holders}
-    fresh = [w for w in live if w.worker_id not in held and not is_overloaded(w, policy)]
-    return min(fresh or live, key=lambda w: _rank(w, adapter, policy, now))
+    fresh = [w for w in live if w.worker_id not in held and not is_overloaded(w, rules)]
+    return min(fresh or live, key=lambda w: _rank(w, adapter, rules, now))
 
 
 def _rank(
-    worker: WorkerView, adapter: str | None, policy: Policy, now: float, *, tier_first: bool = False
+    worker: WorkerView, adapter: str | None, rules: PlacementRules, now: float, *, tier_first: bool = False
 ) -> tuple[float, float, str]:
     """Sort key: expected finish and holder tier (in either order), then worker id."""
     # Rounded so that float noise does not beat the deterministic tie-break on worker id.
-    finish = round(expected_finish_s(worker, adapter, policy, now), 6)
+    finish = round(expected_finish_s(worker, adapter, rules, now), 6)
     tier = float(holder_tier(worker, adapter))
     return (tier, finish, worker.worker_id) if tier_first else (finish, tier, worker.worker_id)
 
@@ -173,10 +173,10 @@ def _is_idle(worker: WorkerView) -> bool:
     return not worker.busy and not worker.queued
 
 
-def _swapped_recently(worker: WorkerView, policy: Policy, now: float) -> bool:
+def _swapped_recently(worker: WorkerView, rules: PlacementRules, now: float) -> bool:
     if worker.queued or worker.last_swap_at is None:
         return False
-    return now - worker.last_swap_at < policy.min_residency_s
+    return now - worker.last_swap_at < rules.min_residency_s
 
 
 def _or(value: float | None, default: float) -> float:

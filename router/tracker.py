@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
 from common import keys
-from common.queue import redis_errors
+from common.connections import redis_errors
 from common.schemas import JobStatus
 
 # Delete the key only while it still names this job (a retry may have bound it since).

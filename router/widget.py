@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from common import errors
 from common.hub import validate_repo_id
 from router.errors import responses
-from router.routes import services
+from router.services import services
 
 #: Adapters listed on the index page at most (those the live workers hold, most shared first).
 INDEX_ADAPTERS = 12
@@ -44,7 +44,7 @@ def _json_errors(*types: type[errors.LorafarmError]) -> dict[int | str, dict[str
     return out
 
 
-router = APIRouter(tags=["widget"])
+api = APIRouter(tags=["widget"])
 
 
 @cache
@@ -63,13 +63,13 @@ _INDEX_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get(
+@api.get(
     "/",
     summary="Index page: the served bases and adapters, each with its widget",
     response_class=HTMLResponse,
     responses=_INDEX_RESPONSES,
 )
-@router.get("/widget", summary="Index page (same as `GET /`)", response_class=HTMLResponse, responses=_INDEX_RESPONSES)
+@api.get("/widget", summary="Index page (same as `GET /`)", response_class=HTMLResponse, responses=_INDEX_RESPONSES)
 async def index(request: Request, model: str | None = None) -> Response:
     if model:  # the index's "open" form
         validate_repo_id(model.strip())
@@ -105,7 +105,7 @@ async def index(request: Request, model: str | None = None) -> Response:
     return HTMLResponse(page, headers=_PAGE_HEADERS)
 
 
-@router.get(
+@api.get(
     "/widget/{repo_id:path}",
     summary="The widget of one model: prompt, advanced options, Compute, live progress, the image",
     response_class=HTMLResponse,
@@ -121,7 +121,7 @@ async def widget(request: Request, repo_id: str) -> HTMLResponse:
     return HTMLResponse(page, headers=_PAGE_HEADERS)
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@api.get("/static/{name}", include_in_schema=False)
 async def asset(name: str) -> Response:
     if name not in _ASSETS:
         raise HTTPException(404, f"no asset {name!r}")  # answered as {"error", "error_type": "not_found"}

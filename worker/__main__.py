@@ -10,13 +10,14 @@ from typing import Any
 
 import redis
 
-from common.queue import WorkerQueue
+from common.connections import sync_client
 from worker.calibrate import calibrate
 from worker.engine import SwapEngine
 from worker.loop import Worker
 from worker.metrics import WorkerMetrics
 from worker.pipeline import load_base, resolve_device
 from worker.probe import start_probe
+from worker.queue import WorkerQueue
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper, StockSwapper, Swapper
@@ -65,12 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         costs = calibrate(engine, size=settings.default_size) if settings.swap_mode == "auto" else None
         swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.block_ms / 1000 + 5,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+    # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
+    client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
     queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
     worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
     if settings.worker_port:

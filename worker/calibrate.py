@@ -17,8 +17,8 @@ import torch
 from worker.adapter import LoraLayer, ParsedAdapter, weight_of
 from worker.engine import SwapEngine
 from worker.fusion import compute_dtype
+from worker.modes import CostTracker
 from worker.naming import component_of
-from worker.policy import CostTracker
 
 log = logging.getLogger(__name__)
 

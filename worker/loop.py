@@ -10,12 +10,12 @@ from typing import Any, Literal
 import redis
 
 from common import errors
-from common.queue import Delivery, WorkerQueue
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
 from worker.families import pipeline_family
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
+from worker.queue import Delivery, WorkerQueue
 from worker.settings import WorkerSettings
 from worker.swapper import Outlook, Swapper
 

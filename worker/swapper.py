@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from common.schemas import AdapterRef, adapter_set_key
-from worker.policy import CostTracker, Mode, choose_mode, expected_jobs
+from worker.modes import CostTracker, Mode, choose_mode, expected_jobs
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore, fetch_file
 

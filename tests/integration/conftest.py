@@ -1,15 +1,26 @@
-"""Fixtures of the integration tests: clients of the session's real redis-server, and what keeps tests apart."""
+"""Fixtures of the integration tests: clients of the session's real redis-server, what keeps tests
+apart, the router app over ASGI, and real workers in the test process (``tests.integration.inprocess``)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+import torch
 
-from common.queue import async_client, sync_client
+from common.connections import async_client, sync_client
+from router.app import create_app
+from router.settings import RouterSettings
+from tests.integration.inprocess import SD15, SDXL, AppClient, InProcessWorker, Workers
+from worker.engine import SwapEngine
+from worker.pipeline import load_base
+from worker.settings import WorkerSettings
 
 
 @pytest.fixture
@@ -45,3 +56,76 @@ def redis_url(redis_server: str) -> Iterator[str]:
     client.flushdb()
     yield url
     client.close()
+
+
+# --- the router in process, and real workers beside it ---------------------------------------
+
+
+@pytest.fixture
+def app_client(redis_url: str, devhub_url: str) -> AppClient:
+    """``async with app_client(**settings) as client``: the router app with its lifespan, over ASGI."""
+
+    @asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        fields: dict[str, Any] = {
+            "redis_url": redis_url,
+            "hf_endpoint": devhub_url,
+            "hf_token": "test-token",  # the devhub grants any token: private repos show as private
+            "pools": [SDXL, SD15],
+            "request_timeout_s": 30.0,
+            "max_adapter_bytes": 2 * 2**20,
+            "metadata_ttl_s": 60.0,
+            "hub_timeout_s": 3.0,
+        }
+        fields.update(overrides)
+        app = create_app(RouterSettings(**fields))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://router", timeout=60) as client:
+                yield client
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def worker_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The in-process workers' Hub download cache, shared by the session."""
+    return str(tmp_path_factory.mktemp("worker-hf-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(devhub_url: str, worker_cache: str) -> dict[str, tuple[Any, SwapEngine]]:
+    """Each tiny base loaded once, as a worker loads it (from the devhub), with its swap engine."""
+    torch.set_num_threads(1)
+    loaded = {}
+    for base in (SDXL, SD15):
+        settings = WorkerSettings(base=base, hf_endpoint=devhub_url, hf_cache_dir=worker_cache, device="cpu")
+        pipe = load_base(settings)
+        loaded[base] = (pipe, SwapEngine(pipe, pristine=settings.pristine))
+    return loaded
+
+
+@pytest.fixture
+def workers(
+    redis_url: str, devhub_url: str, worker_cache: str, tiny_bases: dict[str, tuple[Any, SwapEngine]]
+) -> Iterator[Workers]:
+    """A real worker per tiny base, started on the plain base; ``await workers.serve(request)``."""
+    started = Workers()
+    try:
+        for base, (pipe, engine) in tiny_bases.items():
+            settings = WorkerSettings(
+                base=base,
+                worker_id=f"worker-{base.removeprefix('tiny/')}",
+                redis_url=redis_url,
+                hf_endpoint=devhub_url,
+                hf_cache_dir=worker_cache,
+                device="cpu",
+                default_steps=2,
+                block_ms=20,
+                worker_port=0,
+            )
+            started[base] = InProcessWorker(settings, pipe, engine)
+        yield started
+    finally:
+        for worker in started.values():
+            worker.close()

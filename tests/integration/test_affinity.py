@@ -9,10 +9,12 @@ import redis
 import redis.asyncio as aioredis
 
 from common import errors, keys
-from common.queue import JobQueue, WorkerQueue, async_client
+from common.connections import async_client
 from common.schemas import AdapterRef, Job, WorkerState, adapter_set_key
 from router.fleet import Fleet
-from router.placement import Policy
+from router.placement import PlacementRules
+from router.queue import JobQueue
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +46,7 @@ def job(pool: str, *adapters: AdapterRef) -> Job:
 async def test_placed_job_reaches_the_chosen_worker_only(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
     w1 = worker(sync_redis, pool, "w1", fused=[A])
     w2 = worker(sync_redis, pool, "w2", fused=[B])
-    fleet = Fleet(Policy(stale_after_s=30))
+    fleet = Fleet(PlacementRules(stale_after_s=30))
     live = await jobs.live_workers(pool)
     j = job(pool, A)
     target = fleet.place(j.adapters, live, time.time(), j.id)

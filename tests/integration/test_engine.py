@@ -23,6 +23,7 @@ from common.errors import (
     AdapterTooLarge,
     UnsafeAdapterFormat,
 )
+from tests.integration.pipes import changed, generate, load_pipe, snapshot
 from worker.adapter import ParsedAdapter, read_adapter
 from worker.engine import SwapEngine
 from worker.families import pipeline_family
@@ -40,17 +41,6 @@ SDXL = pipeline_family(StableDiffusionXLPipeline)
 diffusers_logging.set_verbosity_error()
 
 
-def load_pipe(zoo: Path, dtype: torch.dtype = torch.float32) -> Any:
-    pipe = StableDiffusionXLPipeline.from_pretrained(zoo / "tiny/sdxl-base", dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def generate(pipe: Any, prompt: str = "a cat") -> np.ndarray:
-    out = pipe(prompt, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
-    return np.asarray(out.images)
-
-
 def parse(zoo: Path, name: str, *, unet_config: Any = None, **caps: int) -> ParsedAdapter:
     """``unet_config``: what maps kohya files with the original Stability block names (the worker passes it)."""
     folder = zoo / "tiny" / name
@@ -64,20 +54,6 @@ def parse(zoo: Path, name: str, *, unet_config: Any = None, **caps: int) -> Pars
         family=SDXL,
         denoiser_config=unet_config,
     )
-
-
-def snapshot(pipe: Any) -> dict[str, torch.Tensor]:
-    return {
-        f"{part}.{name}": tensor.detach().clone()
-        for part in ("unet", "text_encoder", "text_encoder_2", "vae")
-        for name, tensor in getattr(pipe, part).state_dict().items()
-    }
-
-
-def changed(pipe: Any, reference: dict[str, torch.Tensor]) -> list[str]:
-    now = snapshot(pipe)
-    assert now.keys() == reference.keys()
-    return [name for name, tensor in now.items() if not torch.equal(tensor, reference[name])]
 
 
 @pytest.fixture(scope="module", autouse=True)

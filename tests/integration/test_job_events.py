@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from common import keys
-from common.queue import WorkerQueue, async_client, sync_client
+from common.connections import async_client, sync_client
 from common.schemas import JobResult, JobStatus
 from router.events import job_events
 from router.tracker import JobTracker
 from tests.polling import wait_until
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio
 

@@ -12,10 +12,10 @@ from huggingface_hub import HfApi
 
 from common.errors import AdapterIncompatible
 from common.schemas import AdapterRef, adapter_set_key
-from tests.integration.test_engine import changed, generate, load_pipe, snapshot
+from tests.integration.pipes import changed, generate, load_pipe, snapshot
 from worker.calibrate import calibrate, synthetic_adapter
 from worker.engine import SwapEngine
-from worker.policy import COST_KINDS, CostTracker
+from worker.modes import COST_KINDS, CostTracker
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper, Outlook

@@ -27,12 +27,13 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from common.queue import WorkerQueue, sync_client
+from common.connections import sync_client
 from common.schemas import JobResult, WorkerState
 from router.app import create_app
 from router.jobs import MEDIA_TYPES
 from router.settings import RouterSettings
 from tests.reliability.tools import SDXL
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.slow
 

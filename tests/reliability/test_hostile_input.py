@@ -10,9 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.queue import JobQueue, async_client
+from common.connections import async_client
 from common.schemas import AdapterRef, Job
 from lorafarm.farm import Farm
+from router.queue import JobQueue
 from tests.reliability.tools import SDXL, assert_error, body, log, post, raw_request
 
 pytestmark = pytest.mark.slow

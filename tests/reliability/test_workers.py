@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from common import keys
-from common.queue import JobQueue, async_client
+from common.connections import async_client
 from common.schemas import Job
 from lorafarm.farm import Farm, free_port
+from router.queue import JobQueue
 from tests.polling import busy_workers, live_workers
 from tests.reliability.tools import (
     SDXL,

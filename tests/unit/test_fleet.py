@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.schemas import AdapterRef, WorkerState, adapter_set_key
 from router.fleet import Fleet
-from router.placement import Policy
+from router.placement import PlacementRules
 
 A = [AdapterRef(repo_id="u/a", revision="1")]
 NOW = 1_000.0
@@ -24,7 +24,7 @@ def idle(worker_id: str, *, fused: list[AdapterRef] | None = None) -> WorkerStat
 
 
 def test_jobs_placed_since_the_heartbeat_count_as_queued_and_spread_a_burst() -> None:
-    fleet = Fleet(Policy(max_queue=2))
+    fleet = Fleet(PlacementRules(max_queue=2))
     workers = [idle("w1", fused=A), idle("w2")]
     first = [fleet.place(A, workers, NOW + i * 0.01, f"j{i}") for i in range(3)]
     # The holder takes A until two wait there; the third goes to the other worker.
@@ -32,7 +32,7 @@ def test_jobs_placed_since_the_heartbeat_count_as_queued_and_spread_a_burst() ->
 
 
 def test_a_job_seen_finished_no_longer_counts_before_the_next_heartbeat() -> None:
-    fleet = Fleet(Policy(max_queue=2))
+    fleet = Fleet(PlacementRules(max_queue=2))
     workers = [idle("w1", fused=A), idle("w2")]
     # Requests one after another, each done before the next (and before any heartbeat).
     for i in range(6):
@@ -41,7 +41,7 @@ def test_a_job_seen_finished_no_longer_counts_before_the_next_heartbeat() -> Non
 
 
 def test_unfinished_placements_are_dropped_by_a_newer_heartbeat() -> None:
-    fleet = Fleet(Policy(max_queue=2))
+    fleet = Fleet(PlacementRules(max_queue=2))
     w1, w2 = idle("w1", fused=A), idle("w2")
     assert [fleet.place(A, [w1, w2], NOW + i * 0.01, f"j{i}") for i in range(2)] == ["w1", "w1"]
     fresh = w1.model_copy(update={"last_seen": NOW + 1})
@@ -49,7 +49,7 @@ def test_unfinished_placements_are_dropped_by_a_newer_heartbeat() -> None:
 
 
 def test_finishing_an_unknown_job_changes_nothing() -> None:
-    fleet = Fleet(Policy(max_queue=2))
+    fleet = Fleet(PlacementRules(max_queue=2))
     workers = [idle("w1", fused=A), idle("w2")]
     assert fleet.place(A, workers, NOW, "j0") == "w1"
     fleet.finished("other")
@@ -58,7 +58,7 @@ def test_finishing_an_unknown_job_changes_nothing() -> None:
 
 
 def test_the_same_adapter_at_another_strength_is_not_held() -> None:
-    fleet = Fleet(Policy(max_queue=2))
+    fleet = Fleet(PlacementRules(max_queue=2))
     half = [A[0].model_copy(update={"scale": 0.5})]
     workers = [idle("w1", fused=A), idle("w2", fused=half)]
     assert fleet.place(half, workers, NOW, "j0") == "w2"

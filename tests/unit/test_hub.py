@@ -34,20 +34,20 @@ def lora(**kw: object) -> RepoInfo:
 
 
 def test_lora_goes_to_its_base_pool_pinned_to_its_sha() -> None:
-    route = classify(lora(), SERVED)
-    assert (route.kind, route.pool, route.pools) == ("lora", "tiny/sdxl-base", ("tiny/sdxl-base",))
-    assert route.adapter is not None
-    assert route.adapter.repo_id == "tiny/sdxl-lora-diffusers"
-    assert route.adapter.revision == SHA
-    assert route.adapter.weight_name == "pytorch_lora_weights.safetensors"
-    assert route.adapter.size == 1000
-    assert route.adapter.embeddings_name is None
+    dest = classify(lora(), SERVED)
+    assert (dest.kind, dest.pool, dest.pools) == ("lora", "tiny/sdxl-base", ("tiny/sdxl-base",))
+    assert dest.adapter is not None
+    assert dest.adapter.repo_id == "tiny/sdxl-lora-diffusers"
+    assert dest.adapter.revision == SHA
+    assert dest.adapter.weight_name == "pytorch_lora_weights.safetensors"
+    assert dest.adapter.size == 1000
+    assert dest.adapter.embeddings_name is None
 
 
 def test_served_base_runs_plain() -> None:
     base = RepoInfo(id="tiny/sd15-base", sha=SHA, tags=("diffusers", "text-to-image"), pipeline_tag="text-to-image")
-    route = classify(base, SERVED)
-    assert (route.kind, route.pool, route.adapter) == ("base", "tiny/sd15-base", None)
+    dest = classify(base, SERVED)
+    assert (dest.kind, dest.pool, dest.adapter) == ("base", "tiny/sd15-base", None)
 
 
 def test_base_match_ignores_case_and_keeps_the_pool_spelling() -> None:
@@ -261,15 +261,15 @@ def test_cache_hit_within_ttl_and_refetch_after() -> None:
     assert hub.calls == ["tiny/sdxl-lora-diffusers"]
     clock.now += 2
     hub.answers["tiny/sdxl-lora-diffusers"] = lora(sha="f" * 40)
-    route = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
-    assert route.adapter is not None and route.adapter.revision == "f" * 40  # a new commit is picked up
+    dest = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
+    assert dest.adapter is not None and dest.adapter.revision == "f" * 40  # a new commit is picked up
     assert len(hub.calls) == 2
 
 
 def test_served_base_needs_no_hub_call() -> None:
     hub = Hub()
-    route = asyncio.run(resolver(hub, Clock()).resolve("tiny/sd15-base"))
-    assert (route.kind, route.pool, hub.calls) == ("base", "tiny/sd15-base", [])
+    dest = asyncio.run(resolver(hub, Clock()).resolve("tiny/sd15-base"))
+    assert (dest.kind, dest.pool, hub.calls) == ("base", "tiny/sd15-base", [])
 
 
 def test_prefer_reorders_pools() -> None:
@@ -286,8 +286,8 @@ def test_stale_if_error_then_unavailable_for_unknown() -> None:
     asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
     clock.now += 10_000  # long expired
     hub.answers["tiny/sdxl-lora-diffusers"] = errors.HubUnavailable("down")
-    route = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
-    assert route.adapter is not None and route.adapter.revision == SHA  # the stale answer serves
+    dest = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
+    assert dest.adapter is not None and dest.adapter.revision == SHA  # the stale answer serves
     with pytest.raises(errors.HubUnavailable) as info:
         asyncio.run(r.resolve("tiny/never-seen"))
     assert info.value.retry_after == 5
@@ -296,8 +296,8 @@ def test_stale_if_error_then_unavailable_for_unknown() -> None:
     assert len(hub.calls) == calls
     clock.now += 6
     hub.answers["tiny/sdxl-lora-diffusers"] = lora(sha="e" * 40)
-    route = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
-    assert route.adapter is not None and route.adapter.revision == "e" * 40
+    dest = asyncio.run(r.resolve("tiny/sdxl-lora-diffusers"))
+    assert dest.adapter is not None and dest.adapter.revision == "e" * 40
 
 
 def test_hub_timeout_is_unavailable() -> None:
@@ -337,7 +337,7 @@ def test_concurrent_resolves_share_one_hub_call() -> None:
         tasks = [asyncio.create_task(r.resolve("tiny/sdxl-lora-diffusers")) for _ in range(20)]
         await asyncio.sleep(0.05)
         hub.gate.set()
-        return [route.pool for route in await asyncio.gather(*tasks)]
+        return [dest.pool for dest in await asyncio.gather(*tasks)]
 
     assert asyncio.run(main()) == ["tiny/sdxl-base"] * 20
     assert hub.calls == ["tiny/sdxl-lora-diffusers"]

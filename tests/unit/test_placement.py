@@ -13,7 +13,7 @@ from router.placement import (
     IN_HOST,
     ON_DEVICE,
     TAIL,
-    Policy,
+    PlacementRules,
     WorkerView,
     choose_worker,
     expected_finish_s,
@@ -25,7 +25,7 @@ from router.placement import (
 
 NOW = 1000.0
 A, B, C = "org/a@1", "org/b@1", "org/c@1"
-POLICY = Policy(
+RULES = PlacementRules(
     max_queue=2,
     max_wait_s=2.0,
     max_holders=2,
@@ -64,26 +64,26 @@ def test_holder_tiers_rank_tail_then_device_then_host() -> None:
 
 def test_expected_wait_counts_the_job_in_flight_and_the_swaps_of_the_queue() -> None:
     w = busy("w", 4.0, fused=A, queued=(A, B, B), inference_s=10.0, swap_s=0.5)
-    assert expected_wait_s(w, POLICY) == 4.0 + 10.0 + (10.0 + 0.5) + 10.0
+    assert expected_wait_s(w, RULES) == 4.0 + 10.0 + (10.0 + 0.5) + 10.0
 
 
 def test_a_download_hides_behind_the_jobs_ahead() -> None:
     idle, behind = worker("w1"), busy("w2", 0.4)
     # Idle: the full fetch (1.0 s) is on the critical path; behind 0.4 s of work, only 0.6 s is.
-    assert expected_finish_s(idle, A, POLICY, NOW) == 1.0 + 0.5 + 10.0
-    assert math.isclose(expected_finish_s(behind, A, POLICY, NOW), 0.4 + 0.6 + 0.5 + 10.0)
+    assert expected_finish_s(idle, A, RULES, NOW) == 1.0 + 0.5 + 10.0
+    assert math.isclose(expected_finish_s(behind, A, RULES, NOW), 0.4 + 0.6 + 0.5 + 10.0)
 
 
 def test_overloaded_by_depth_or_by_wait() -> None:
-    assert not is_overloaded(busy("w", 1.0), POLICY)
-    assert is_overloaded(busy("w", 1.0, queued=(A,)), POLICY)  # depth 2 = max_queue
-    assert is_overloaded(busy("w", 5.0), POLICY)  # would wait 5 s > max_wait_s
+    assert not is_overloaded(busy("w", 1.0), RULES)
+    assert is_overloaded(busy("w", 1.0, queued=(A,)), RULES)  # depth 2 = max_queue
+    assert is_overloaded(busy("w", 5.0), RULES)  # would wait 5 s > max_wait_s
 
 
 def test_staleness_and_announced_status_decide_liveness() -> None:
-    assert is_live(worker("w"), POLICY, NOW + 10.0)
-    assert not is_live(worker("w"), POLICY, NOW + 10.5)
-    assert not is_live(worker("w", alive=False), POLICY, NOW)
+    assert is_live(worker("w"), RULES, NOW + 10.0)
+    assert not is_live(worker("w"), RULES, NOW + 10.5)
+    assert not is_live(worker("w", alive=False), RULES, NOW)
 
 
 # --- choose_worker ----------------------------------------------------------------------
@@ -91,116 +91,116 @@ def test_staleness_and_announced_status_decide_liveness() -> None:
 
 def test_affinity_hit_goes_to_the_worker_with_the_adapter_fused() -> None:
     workers = [worker("w1"), worker("w2", fused=A), worker("w3", fused=B)]
-    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    assert choose_worker(A, workers, RULES, NOW) == "w2"
 
 
 def test_base_jobs_go_to_a_worker_on_the_plain_base() -> None:
     workers = [worker("w1", fused=A), worker("w2")]
-    assert choose_worker(None, workers, POLICY, NOW) == "w2"
+    assert choose_worker(None, workers, RULES, NOW) == "w2"
 
 
 def test_a_holder_with_a_short_wait_beats_an_idle_worker() -> None:
     workers = [worker("w1"), busy("w2", 1.5, fused=A)]
-    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    assert choose_worker(A, workers, RULES, NOW) == "w2"
 
 
 def test_a_worker_with_a_job_for_the_adapter_queued_is_a_holder() -> None:
     workers = [worker("w1", fused=B), busy("w2", 0.5, fused=B, queued=())]
     workers[1] = replace(workers[1], queued=(A,))
     # w2 is at max_queue, so overloaded; a free holder would win, here the job spills to w1.
-    assert choose_worker(A, workers, POLICY, NOW) == "w1"
-    roomy = replace(POLICY, max_queue=3, max_wait_s=20.0)
+    assert choose_worker(A, workers, RULES, NOW) == "w1"
+    roomy = replace(RULES, max_queue=3, max_wait_s=20.0)
     assert choose_worker(A, workers, roomy, NOW) == "w2"
 
 
 def test_cached_beats_absent_when_nobody_has_it_fused() -> None:
     workers = [worker("w1", fused=B), worker("w2", fused=C, cached=frozenset({A}))]
-    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    assert choose_worker(A, workers, RULES, NOW) == "w2"
 
 
 def test_fused_beats_cached() -> None:
     workers = [worker("w1", cached=frozenset({A})), worker("w2", fused=A)]
-    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    assert choose_worker(A, workers, RULES, NOW) == "w2"
 
 
 def test_overloaded_holder_spills_to_the_least_loaded_worker() -> None:
     holder = busy("w1", 9.0, fused=A, queued=(A,))
     workers = [holder, busy("w2", 6.0, fused=B), busy("w3", 0.5, fused=C)]
-    assert choose_worker(A, workers, POLICY, NOW) == "w3"
+    assert choose_worker(A, workers, RULES, NOW) == "w3"
 
 
 def test_a_full_queue_is_not_topped_up_while_another_worker_has_room() -> None:
-    policy = replace(POLICY, max_wait_s=20.0)
+    rules = replace(RULES, max_wait_s=20.0)
     full = busy("w1", 0.1, queued=(None,))  # at max_queue, though it would finish sooner
-    assert choose_worker(A, [full, busy("w2", 12.0)], policy, NOW) == "w2"
+    assert choose_worker(A, [full, busy("w2", 12.0)], rules, NOW) == "w2"
 
 
 def test_spread_bound_keeps_a_hot_adapter_on_its_holders_when_nobody_is_idle() -> None:
     holders = [busy("w1", 3.0, fused=A, queued=(A,)), busy("w2", 9.0, fused=A, queued=(A,))]
     other = busy("w3", 1.0, fused=B)  # would finish the job sooner, but must not be taken over
-    assert choose_worker(A, [*holders, other], POLICY, NOW) == "w1"
-    assert choose_worker(A, [*holders, other], replace(POLICY, max_holders=3), NOW) == "w3"
+    assert choose_worker(A, [*holders, other], RULES, NOW) == "w1"
+    assert choose_worker(A, [*holders, other], replace(RULES, max_holders=3), NOW) == "w3"
 
 
 def test_an_idle_worker_is_used_even_at_the_spread_bound() -> None:
     holders = [busy("w1", 3.0, fused=A, queued=(A,)), busy("w2", 9.0, fused=A, queued=(A,))]
-    assert choose_worker(A, [*holders, worker("w3", fused=B)], POLICY, NOW) == "w3"
+    assert choose_worker(A, [*holders, worker("w3", fused=B)], RULES, NOW) == "w3"
 
 
 def test_when_everyone_is_overloaded_the_soonest_finish_wins() -> None:
     workers = [busy("w1", 9.0, queued=(B,)), busy("w2", 2.0, queued=(C,)), busy("w3", 8.0, queued=(A,))]
     # w3 holds A (queued) but finishes later than w2 even with w2's extra swap...
-    assert choose_worker(A, workers, POLICY, NOW) == "w2"
+    assert choose_worker(A, workers, RULES, NOW) == "w2"
     # ...unless the spread bound is reached: then the job queues on its holder.
-    assert choose_worker(A, workers, replace(POLICY, max_holders=1), NOW) == "w3"
+    assert choose_worker(A, workers, replace(RULES, max_holders=1), NOW) == "w3"
 
 
-def test_overload_spills_to_the_shared_stream_with_the_default_policy() -> None:
-    spill = replace(POLICY, spill_to_shared=True)
+def test_overload_spills_to_the_shared_stream_with_the_default_rules() -> None:
+    spill = replace(RULES, spill_to_shared=True)
     crowded = [busy("w1", 9.0, fused=A, queued=(A,)), busy("w2", 2.0, queued=(C,))]
     assert choose_worker(A, crowded, spill, NOW) is None
     # One worker with room: it is used, spill or not.
     assert choose_worker(A, [*crowded, worker("w3", fused=B)], spill, NOW) == "w3"
-    assert Policy().spill_to_shared
+    assert PlacementRules().spill_to_shared
 
 
 def test_dead_or_stale_holder_is_skipped() -> None:
     stale = worker("w1", fused=A, last_seen=NOW - 11.0)
     dead = worker("w2", fused=A, alive=False)
-    assert choose_worker(A, [stale, dead, worker("w3", fused=B)], POLICY, NOW) == "w3"
+    assert choose_worker(A, [stale, dead, worker("w3", fused=B)], RULES, NOW) == "w3"
 
 
 def test_no_live_worker_means_the_shared_stream() -> None:
-    assert choose_worker(A, [], POLICY, NOW) is None
-    assert choose_worker(A, [worker("w1", last_seen=NOW - 60.0)], POLICY, NOW) is None
-    assert choose_worker(A, [worker("w1", alive=False)], POLICY, NOW) is None
+    assert choose_worker(A, [], RULES, NOW) is None
+    assert choose_worker(A, [worker("w1", last_seen=NOW - 60.0)], RULES, NOW) is None
+    assert choose_worker(A, [worker("w1", alive=False)], RULES, NOW) is None
 
 
 def test_without_affinity_every_job_goes_to_the_shared_stream() -> None:
-    assert choose_worker(A, [worker("w1", fused=A)], replace(POLICY, affinity=False), NOW) is None
+    assert choose_worker(A, [worker("w1", fused=A)], replace(RULES, affinity=False), NOW) is None
 
 
 def test_ties_go_to_the_smaller_worker_id_whatever_the_input_order() -> None:
     workers = [worker("w3"), worker("w1"), worker("w2")]
-    assert choose_worker(A, workers, POLICY, NOW) == "w1"
-    assert choose_worker(A, workers[::-1], POLICY, NOW) == "w1"
+    assert choose_worker(A, workers, RULES, NOW) == "w1"
+    assert choose_worker(A, workers[::-1], RULES, NOW) == "w1"
 
 
 def test_damping_steers_a_new_adapter_away_from_a_worker_that_just_swapped() -> None:
     just = worker("w1", fused=A, last_swap_at=NOW - 1.0)
     settled = worker("w2", fused=C, last_swap_at=NOW - 600.0)
-    assert choose_worker(B, [just, settled], POLICY, NOW) == "w2"
-    assert choose_worker(B, [just, settled], replace(POLICY, damping_s=0.0), NOW) == "w1"
+    assert choose_worker(B, [just, settled], RULES, NOW) == "w2"
+    assert choose_worker(B, [just, settled], replace(RULES, damping_s=0.0), NOW) == "w1"
 
 
-def replay(adapters: list[str], policy: Policy, n_workers: int = 2) -> int:
+def replay(adapters: list[str], rules: PlacementRules, n_workers: int = 2) -> int:
     """Serve ``adapters`` one job at a time, 20 s apart (each done before the next); count swaps."""
     workers = {f"w{i}": worker(f"w{i}") for i in range(n_workers)}
     swaps = 0
     for i, adapter in enumerate(adapters):
         now = NOW + 20.0 * i
         workers = {k: replace(w, last_seen=now) for k, w in workers.items()}
-        chosen = choose_worker(adapter, workers.values(), policy, now)
+        chosen = choose_worker(adapter, workers.values(), rules, now)
         assert chosen is not None
         w = workers[chosen]
         if w.fused != adapter:
@@ -212,9 +212,9 @@ def replay(adapters: list[str], policy: Policy, n_workers: int = 2) -> int:
 
 def test_two_alternating_adapters_do_not_thrash_one_worker_while_another_is_free() -> None:
     alternating = [A, B] * 10
-    assert replay(alternating, POLICY) == 2  # each adapter settles on its own worker
+    assert replay(alternating, RULES) == 2  # each adapter settles on its own worker
     # Without damping the second worker is never used: a swap on every job.
-    assert replay(alternating, replace(POLICY, damping_s=0.0)) == 20
+    assert replay(alternating, replace(RULES, damping_s=0.0)) == 20
 
 
 # --- properties -------------------------------------------------------------------------
@@ -243,28 +243,28 @@ pools = st.lists(views, max_size=8, unique_by=lambda w: w.worker_id)
 def test_the_choice_is_live_and_does_not_depend_on_input_order(
     workers: list[WorkerView], adapter: str | None, order: list[int]
 ) -> None:
-    chosen = choose_worker(adapter, workers, POLICY, NOW)
-    live = {w.worker_id for w in workers if is_live(w, POLICY, NOW)}
+    chosen = choose_worker(adapter, workers, RULES, NOW)
+    live = {w.worker_id for w in workers if is_live(w, RULES, NOW)}
     assert (chosen is None) == (not live)
     assert chosen is None or chosen in live
     shuffled = [workers[i] for i in order if i < len(workers)]
-    assert choose_worker(adapter, shuffled, POLICY, NOW) == chosen
+    assert choose_worker(adapter, shuffled, RULES, NOW) == chosen
 
 
 @settings(max_examples=100, deadline=None)
 @given(pools, ADAPTERS)
 def test_never_an_overloaded_worker_when_a_live_one_has_room(workers: list[WorkerView], adapter: str | None) -> None:
-    policy = replace(POLICY, max_holders=len(workers) + 1)  # the spread bound never binds
-    chosen = choose_worker(adapter, workers, policy, NOW)
-    live = [w for w in workers if is_live(w, policy, NOW)]
-    if any(not is_overloaded(w, policy) for w in live):
-        assert not is_overloaded(next(w for w in live if w.worker_id == chosen), policy)
+    rules = replace(RULES, max_holders=len(workers) + 1)  # the spread bound never binds
+    chosen = choose_worker(adapter, workers, rules, NOW)
+    live = [w for w in workers if is_live(w, rules, NOW)]
+    if any(not is_overloaded(w, rules) for w in live):
+        assert not is_overloaded(next(w for w in live if w.worker_id == chosen), rules)
 
 
 @settings(max_examples=100, deadline=None)
 @given(pools, ADAPTERS)
 def test_with_spill_a_chosen_worker_is_never_overloaded(workers: list[WorkerView], adapter: str | None) -> None:
-    policy = replace(POLICY, spill_to_shared=True)
-    chosen = choose_worker(adapter, workers, policy, NOW)
+    rules = replace(RULES, spill_to_shared=True)
+    chosen = choose_worker(adapter, workers, rules, NOW)
     if chosen is not None:
-        assert not is_overloaded(next(w for w in workers if w.worker_id == chosen), policy)
+        assert not is_overloaded(next(w for w in workers if w.worker_id == chosen), rules)

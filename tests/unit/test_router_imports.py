@@ -9,11 +9,12 @@ from tests.conftest import ROOT
 
 CHECK = """
 import sys
-import common.hub, common.queue, common.schemas, common.errors, common.keys, common.settings
+import common.hub, common.schemas, common.errors, common.keys, common.settings
+import common.connections, common.protocol, common.scripts
 from common.hub import hub_fetcher
 hub_fetcher("http://127.0.0.1:9", None, 1.0)
 common_loaded = sorted(m for m in ("torch", "diffusers", "fastapi") if m in sys.modules)
-import router.app, router.__main__
+import router.app, router.__main__, router.queue
 from router.app import create_app
 from router.settings import RouterSettings
 create_app(RouterSettings(pools=["tiny/sdxl-base"]))

@@ -8,20 +8,20 @@ import time
 import pytest
 
 from common import errors
-from common.hub import Route
+from common.hub import Destination
 from common.schemas import AdapterRef, InferenceRequest
 from router.jobs import MAX_BODY_BYTES, build_job, compose, parse_body, pick_format, random_seed
 
 SDXL, SD15 = "tiny/sdxl-base", "tiny/sd15-base"
 
 
-def lora(repo_id: str, *pools: str) -> Route:
+def lora(repo_id: str, *pools: str) -> Destination:
     ref = AdapterRef(repo_id=repo_id, revision="a" * 40, weight_name="w.safetensors")
-    return Route(kind="lora", pool=pools[0], pools=pools, adapter=ref)
+    return Destination(kind="lora", pool=pools[0], pools=pools, adapter=ref)
 
 
-def base(pool: str) -> Route:
-    return Route(kind="base", pool=pool, pools=(pool,))
+def base(pool: str) -> Destination:
+    return Destination(kind="base", pool=pool, pools=(pool,))
 
 
 # --- body ---------------------------------------------------------------------------------

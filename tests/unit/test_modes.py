@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.policy import CostTracker, SwapCosts, choose_mode, expected_jobs
+from worker.modes import CostTracker, SwapCosts, choose_mode, expected_jobs
 
 # Roughly this CPU on the SDXL-shaped UNet: fused 0.35 s, unfused swap 10 ms, +40 ms per step.
 CPU = SwapCosts(fused_apply_s=0.35, restore_s=0.2, unfused_swap_s=0.01, unfused_step_s=0.04)

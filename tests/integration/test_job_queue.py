@@ -1,4 +1,7 @@
-"""The queue protocol, both sides, against a real redis-server."""
+"""The router's end of the queue (submit, wait, cancel, bounds, outages) against a real redis-server.
+
+Real ``WorkerQueue``s serve the jobs.
+"""
 
 from __future__ import annotations
 
@@ -12,31 +15,16 @@ import redis
 import redis.asyncio as aioredis
 
 from common import errors, keys
-from common.queue import JobQueue, WorkerQueue, async_client, sync_client
-from common.schemas import AdapterRef, Job, JobResult, WorkerState
+from common.connections import async_client, sync_client
+from common.protocol import text
+from common.schemas import WorkerState
 from lorafarm.farm import free_port, wait_port
+from router.queue import JobQueue
 from tests.conftest import stop
+from tests.integration.queues import PNG, done, job, worker
+from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio
-
-PNG = b"\x89PNG\r\n\x1a\nfake image bytes"
-
-
-def worker(sync_redis: redis.Redis, pool: str, name: str, *, live: bool = True, **kw: int) -> WorkerQueue:
-    q = WorkerQueue(sync_redis, pool, name, **kw)
-    q.ensure_group()
-    if live:
-        q.heartbeat(WorkerState(worker_id=name, pool=pool), ttl_s=30)
-    return q
-
-
-def job(pool: str, **kw: object) -> Job:
-    adapter = AdapterRef(repo_id="tiny/sdxl-lora-diffusers", revision="a" * 40, weight_name="w.safetensors")
-    return Job(pool=pool, prompt="a cat", seed=1, adapters=[adapter], **kw)  # type: ignore[arg-type]
-
-
-def done(job_id: str, worker_id: str = "w1") -> JobResult:
-    return JobResult(job_id=job_id, status="done", content_type="image/png", worker_id=worker_id, compute_s=0.5)
 
 
 async def test_submit_claim_publish_wait(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
@@ -63,80 +51,29 @@ async def test_submit_claim_publish_wait(sync_redis: redis.Redis, aio_redis: aio
     assert w.claim(block_ms=10) == []
 
 
-async def test_publish_is_idempotent(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+async def test_first_unclaimed_entry(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
+    """The worker's prefetch and the router's queue-wait gauge read the same entry: the first nobody took."""
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
+    stream = keys.pool_stream(pool)
+    assert await q.oldest_unclaimed(stream) is None  # no stream yet
+    unread = text(sync_redis.xadd(stream, {"job": job(pool).model_dump_json()}))
+    # Before the workers' group exists nobody has read the stream: its first entry waits.
+    assert await q.oldest_unclaimed(stream) == int(unread.split("-")[0]) / 1000
+    sync_redis.delete(stream)
     w = worker(sync_redis, pool, "w1")
-    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
-    j = job(pool)
-    assert w.publish_result(done(j.id, "first"), PNG) is True
-    assert w.publish_result(done(j.id, "second"), b"other") is False
-    result, image = await q.result(j.id)  # type: ignore[misc]
-    assert (result.worker_id, image) == ("first", PNG)
-    assert await aio_redis.llen(keys.job_done(j.id)) == 1  # the waiter is woken once
-
-
-async def test_failed_result_has_no_image(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
-    w = worker(sync_redis, pool, "w1")
-    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
-    failed = JobResult(job_id="j1" + pool, status="failed", error="bad", error_type="adapter_corrupt")
-    w.publish_result(failed, None)
-    result, image = await q.wait(failed.job_id, timeout_s=1)  # type: ignore[misc]
-    assert (result.error_type, image) == ("adapter_corrupt", None)
-    assert (await q.status(failed.job_id)).error_type == "adapter_corrupt"  # type: ignore[union-attr]
-
-
-async def test_reclaim_from_dead_consumer(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
-    dead = worker(sync_redis, pool, "dead", live=False)
-    alive = worker(sync_redis, pool, "alive")
-    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
-    j = job(pool)
-    await q.submit(j)
-    [first] = dead.claim(block_ms=100)  # claimed, never acknowledged: the worker "died"
-    assert alive.reclaim(min_idle_ms=60_000) == []  # not idle long enough yet
-    time.sleep(0.08)
-    [again] = alive.reclaim(min_idle_ms=50)
-    assert (again.job, again.entry_id, again.deliveries) == (j, first.entry_id, 2)
-    third = worker(sync_redis, pool, "third")
-    assert third.reclaim(min_idle_ms=0) == []  # now in the hands of a live worker
-    alive.publish_result(done(j.id, "alive"), PNG)
-    alive.ack(again.entry_id)
-    assert (await q.wait(j.id, timeout_s=2))[0].worker_id == "alive"  # type: ignore[index]
-    assert await q.depth(pool) == 0
-    assert alive.reclaim(min_idle_ms=0) == []  # nothing pending: the dead consumer is forgotten
-    names = {c["name"] for c in sync_redis.xinfo_consumers(keys.pool_stream(pool), keys.WORKER_GROUP)}
-    assert names == {b"alive"}  # "third" never read the stream: it is no consumer
-
-
-async def test_live_consumer_keeps_its_job(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
-    slow = worker(sync_redis, pool, "slow")
-    other = worker(sync_redis, pool, "other")
-    await JobQueue(aio_redis, worker_ttl_s=10, queue_max=8).submit(job(pool))
-    assert len(slow.claim(block_ms=100)) == 1
-    time.sleep(0.06)
-    assert other.reclaim(min_idle_ms=50) == []  # slow's heartbeat is alive: no double run
-
-
-async def test_dead_letter_after_max_deliveries(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
-    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
-    a = worker(sync_redis, pool, "a", live=False, max_deliveries=2)
-    b = worker(sync_redis, pool, "b", live=False, max_deliveries=2)
-    c = worker(sync_redis, pool, "c", max_deliveries=2)
-    j = job(pool)
-    await q.submit(j)
-    assert len(a.claim(block_ms=100)) == 1  # delivery 1: crashes
-    time.sleep(0.03)
-    [second] = b.reclaim(min_idle_ms=20)  # delivery 2: crashes too
-    assert second.deliveries == 2
-    time.sleep(0.03)
-    assert c.reclaim(min_idle_ms=20) == []  # a third delivery would pass max_deliveries=2
-
-    result, image = await q.wait(j.id, timeout_s=2)  # type: ignore[misc]
-    assert (result.status, result.error_type, image) == ("failed", "job_failed", None)
-    assert "2 deliveries" in (result.error or "")
-    assert await q.depth(pool) == 0
-    [(_, fields)] = sync_redis.xrange(keys.dead_letter_stream(pool))
-    assert fields[b"reason"] == b"max_deliveries"
-    assert Job.model_validate_json(fields[b"job"]).id == j.id
-    assert sync_redis.xpending(keys.pool_stream(pool), keys.WORKER_GROUP)["pending"] == 0
+    assert w.peek() is None and await q.oldest_unclaimed(stream) is None  # an empty stream
+    first, second = job(pool), job(pool)
+    await q.submit(first)
+    await q.submit(second)
+    assert w.peek() == first
+    before = await q.oldest_unclaimed(stream)
+    [delivery] = w.claim(block_ms=100)
+    assert delivery.job == first
+    assert w.peek() == second  # the claimed one is no longer waiting
+    after = await q.oldest_unclaimed(stream)
+    assert before is not None and after is not None and before <= after <= time.time() + 1
+    assert len(w.claim(block_ms=100)) == 1
+    assert w.peek() is None and await q.oldest_unclaimed(stream) is None
 
 
 async def test_cancel_unclaimed_job_removes_it(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
@@ -201,25 +138,6 @@ async def test_no_live_worker(sync_redis: redis.Redis, aio_redis: aioredis.Redis
         await q.submit(job(pool))
     draining.deregister()
     assert await q.live_workers(pool) == []
-
-
-async def test_malformed_entry_is_dead_lettered(sync_redis: redis.Redis, aio_redis: aioredis.Redis, pool: str) -> None:
-    w = worker(sync_redis, pool, "w1")
-    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
-    stream = keys.pool_stream(pool)
-    sync_redis.xadd(stream, {"job": "{not json"})
-    sync_redis.xadd(stream, {"job": '{"id": "salvaged-' + pool + '", "prompt": 3}'})
-    sync_redis.xadd(stream, {"other": "field"})
-    good = job(pool)
-    await q.submit(good)
-    claimed = [d for _ in range(4) for d in w.claim(block_ms=50)]
-    assert [d.job.id for d in claimed] == [good.id]
-    reasons = [f[b"reason"] for _, f in sync_redis.xrange(keys.dead_letter_stream(pool))]
-    assert reasons == [b"malformed"] * 3
-    result, _ = await q.wait("salvaged-" + pool, timeout_s=1)  # type: ignore[misc]
-    assert result.error_type == "job_failed"
-    w.ack(claimed[0].entry_id)
-    assert await q.depth(pool) == 0
 
 
 async def test_wait_times_out_and_can_stop(aio_redis: aioredis.Redis) -> None:

@@ -1,0 +1,187 @@
+"""The Lua scripts of the queue protocol: each one registered on a client once, and called by name.
+
+A script runs atomically in Redis, and inside it keys and arguments are only positions
+(``KEYS[n]``, ``ARGV[n]``). Each class below holds one script and the one ``__call__`` that lays
+out its KEYS and ARGV, so callers name what they pass and the positions live here alone: the Lua
+names every position on its first lines, and the call lists them in the same order.
+
+The router runs ``Submit`` and ``Unqueue`` (asyncio client); the worker runs ``Publish``,
+``HandBack`` and ``Forget`` (synchronous client).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import redis
+import redis.asyncio as aioredis
+from redis.typing import EncodableT
+
+from common import keys
+
+
+class Placement(NamedTuple):
+    """The worker a job is placed on: its own stream, and its heartbeat that must still exist."""
+
+    stream: str
+    heartbeat: str
+
+
+class Submit:
+    """Enqueue a job unless the pool is at its bound; mark it queued and remember where it is."""
+
+    LUA = """
+local shared, status, entry = KEYS[1], KEYS[2], KEYS[3]
+local bound, job, queued, ttl, placed = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+-- The pool's streams, whose lengths the bound counts, follow the placement's two keys if any.
+local n = 0
+for i = (placed and 6 or 4), #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
+if n >= bound then return false end
+local target = shared
+-- A job placed on a worker whose heartbeat (KEYS[5]) expired since the placement goes to the
+-- shared stream instead: a peer may already have forgotten that worker's stream (KEYS[4]).
+if placed and redis.call('EXISTS', KEYS[5]) == 1 then target = KEYS[4] end
+local id = redis.call('XADD', target, '*', 'job', job)
+redis.call('SET', status, queued, 'EX', ttl)
+redis.call('HSET', entry, 'stream', target, 'entry_id', id)
+redis.call('EXPIRE', entry, ttl)
+return id
+"""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    async def __call__(
+        self,
+        *,
+        shared: str,
+        status: str,
+        entry: str,
+        counted: list[str],
+        placed: Placement | None,
+        bound: int,
+        job: str,
+        queued: str,
+        ttl_s: int,
+    ) -> bytes | str | None:
+        """The new entry's id, or None when ``counted`` already hold ``bound`` entries.
+
+        ``placed``: the worker chosen for the job, or None for the shared stream.
+        """
+        # KEYS[1] shared stream, KEYS[2] job status, KEYS[3] job entry hash,
+        # KEYS[4] and KEYS[5] the placement's stream and heartbeat (only when placed), then the counted streams.
+        key_list = [shared, status, entry, *(placed or ()), *counted]
+        # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag.
+        args: list[EncodableT] = [bound, job, queued, ttl_s, "1" if placed else "0"]
+        return await self._script(keys=key_list, args=args)
+
+
+class Unqueue:
+    """Delete a job's entry only while no worker holds it (not in the group's pending list)."""
+
+    LUA = """
+local stream, status = KEYS[1], KEYS[2]
+local group, entry_id, cancelled, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ok, pending = pcall(redis.call, 'XPENDING', stream, group, entry_id, entry_id, 1)
+if ok and #pending > 0 then return 0 end
+local n = redis.call('XDEL', stream, entry_id)
+if n == 1 then redis.call('SET', status, cancelled, 'EX', ttl) end
+return n
+"""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    async def __call__(self, *, stream: str, status: str, entry_id: str, cancelled: str, ttl_s: int) -> bool:
+        """True when the entry was removed unclaimed (and the status set to ``cancelled``)."""
+        # KEYS[1] the stream the entry is on, KEYS[2] job status.
+        # ARGV[1] group, ARGV[2] entry id, ARGV[3] cancelled status JSON, ARGV[4] TTL (s).
+        removed = await self._script(keys=[stream, status], args=[keys.WORKER_GROUP, entry_id, cancelled, ttl_s])
+        return bool(removed)
+
+
+class Publish:
+    """Write a job's result once (the first writer wins), then wake its waiter and set its final status."""
+
+    LUA = """
+local result, done, status, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, has_image, image, ttl, final = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
+if redis.call('HSETNX', result, 'meta', meta) == 0 then return 0 end
+if has_image then redis.call('HSET', result, 'image', image) end
+redis.call('EXPIRE', result, ttl)
+redis.call('RPUSH', done, '1')
+redis.call('EXPIRE', done, ttl)
+redis.call('SET', status, final, 'EX', ttl)
+redis.call('PUBLISH', events, final)
+return 1
+"""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    def __call__(
+        self,
+        *,
+        result: str,
+        done: str,
+        status: str,
+        events: str,
+        meta: str,
+        image: bytes | None,
+        final: str,
+        ttl_s: int,
+    ) -> bool:
+        """False when a result was written already (nothing changes then)."""
+        # KEYS[1] job result hash, KEYS[2] job done list, KEYS[3] job status, KEYS[4] job events channel.
+        # ARGV[1] result JSON, ARGV[2] whether there is an image ('1' or '0': an empty image is one),
+        # ARGV[3] image bytes, ARGV[4] TTL (s), ARGV[5] final status JSON.
+        args: list[EncodableT] = [meta, "1" if image is not None else "0", image or b"", ttl_s, final]
+        return bool(self._script(keys=[result, done, status, events], args=args))
+
+
+class HandBack:
+    """Move a job from the entry a worker holds back to the pool's shared stream."""
+
+    LUA = """
+local held, shared, entry = KEYS[1], KEYS[2], KEYS[3]
+local entry_id, job, group = ARGV[1], ARGV[2], ARGV[3]
+local id = redis.call('XADD', shared, '*', 'job', job)
+redis.call('XACK', held, group, entry_id)
+redis.call('XDEL', held, entry_id)
+if redis.call('EXISTS', entry) == 1 then
+  redis.call('HSET', entry, 'stream', shared, 'entry_id', id)
+end
+return id
+"""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    def __call__(self, *, held: str, shared: str, entry: str, entry_id: str, job: str) -> None:
+        """Re-enqueue ``job`` on ``shared``, settle ``entry_id`` on ``held``, and point ``entry`` at the new entry."""
+        # KEYS[1] the stream the entry is on, KEYS[2] shared stream, KEYS[3] job entry hash.
+        # ARGV[1] entry id on KEYS[1], ARGV[2] job JSON, ARGV[3] group.
+        self._script(keys=[held, shared, entry], args=[entry_id, job, keys.WORKER_GROUP])
+
+
+class Forget:
+    """Forget a dead worker whose own stream is empty: delete the stream, drop it from the pool."""
+
+    LUA = """
+local stream, members, heartbeat = KEYS[1], KEYS[2], KEYS[3]
+local worker_id = ARGV[1]
+if redis.call('EXISTS', heartbeat) == 1 then return 0 end
+if redis.call('XLEN', stream) > 0 then return 0 end
+redis.call('DEL', stream)
+redis.call('ZREM', members, worker_id)
+return 1
+"""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    def __call__(self, *, stream: str, members: str, heartbeat: str, worker_id: str) -> bool:
+        """True when the worker was forgotten; False while it lives again or its stream holds jobs."""
+        # KEYS[1] the worker's own stream, KEYS[2] the pool's worker set, KEYS[3] its heartbeat.
+        # ARGV[1] worker id.
+        return bool(self._script(keys=[stream, members, heartbeat], args=[worker_id]))

@@ -1,0 +1,204 @@
+"""The router's end of the pools' queues (redis.asyncio): submit, wait, read, cancel, and what the pools hold.
+
+The protocol both ends follow is described in ``common/protocol.py``. A Redis outage becomes
+``RedisUnavailable`` (503 with ``Retry-After``); only ``wait`` rides one out, for a job it has
+already accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from common import errors, keys
+from common.connections import redis_errors
+from common.protocol import no_stream, read_result, text, unclaimed_start
+from common.schemas import Job, JobResult, JobStatus, WorkerState
+from common.scripts import Placement, Submit, Unqueue
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue:
+    """The router's end of the pools' queues (redis.asyncio).
+
+    ``waiter`` is the client used for the blocking wait on results (one connection per waiting
+    request); give it its own pool so waiters cannot starve short commands. Default: ``redis``.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        worker_ttl_s: float,
+        queue_max: int,
+        waiter: aioredis.Redis | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.redis = redis
+        self.waiter = waiter or redis
+        self.worker_ttl_s = worker_ttl_s
+        self.queue_max = queue_max
+        self.poll_s = poll_s
+        self._submit = Submit(redis)
+        self._unqueue = Unqueue(redis)
+
+    async def ping(self) -> None:
+        """Raise ``RedisUnavailable`` unless Redis answers."""
+        async with redis_errors():
+            await self.redis.ping()
+
+    async def live_workers(self, pool: str) -> list[WorkerState]:
+        """Workers of the pool whose heartbeat has not expired."""
+        async with redis_errors():
+            # The key's own expiry is the truth; the score window (with slack for clock skew) only prefilters.
+            since = time.time() - 2 * self.worker_ttl_s
+            ids: Any = await self.redis.zrangebyscore(keys.pool_workers(pool), since, "+inf")
+            if not ids:
+                return []
+            raws = await self.redis.mget([keys.worker_state(text(i)) for i in ids])
+        states = []
+        for raw in raws:
+            if raw is None:
+                continue
+            try:
+                states.append(WorkerState.loads(raw))
+            except (ValueError, ValidationError):
+                log.warning("event=bad_heartbeat pool=%s", pool)
+        return states
+
+    async def streams(self, pool: str) -> list[str]:
+        """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
+        async with redis_errors():
+            members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
+        return [keys.pool_stream(pool), *(keys.worker_stream(pool, text(m)) for m in members)]
+
+    async def depth(self, pool: str) -> int:
+        """Jobs of the pool waiting or in hand, on all its streams."""
+        streams = await self.streams(pool)
+        async with redis_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xlen(stream)
+            return sum(int(n) for n in await pipe.execute())
+
+    async def oldest_unclaimed(self, stream: str) -> float | None:
+        """Enqueue time (epoch s) of the stream's first entry no worker took yet; None if none waits."""
+        async with redis_errors():
+            try:
+                groups: Any = await self.redis.xinfo_groups(stream)
+            except redis.ResponseError as exc:
+                if no_stream(exc):
+                    return None
+                raise
+            entries: Any = await self.redis.xrange(stream, unclaimed_start(groups), "+", count=1)
+        if not entries:
+            return None
+        # An entry id starts with its enqueue time in milliseconds.
+        return int(text(entries[0][0]).split("-")[0]) / 1000
+
+    async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
+        """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
+
+        ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
+        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``.
+        """
+        if workers is None:
+            workers = await self.live_workers(job.pool)
+        workers = [w for w in workers if w.status != "draining"]
+        if not workers:
+            raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
+        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
+        counted = await self.streams(job.pool)
+        async with redis_errors():
+            entry_id = await self._submit(
+                shared=keys.pool_stream(job.pool),
+                status=keys.job_status(job.id),
+                entry=keys.job_entry(job.id),
+                counted=counted,
+                placed=placed,
+                bound=self.queue_max,
+                job=job.model_dump_json(),
+                queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
+                ttl_s=keys.RESULT_TTL_S,
+            )
+        if entry_id is None:
+            raise errors.QueueFull(
+                f"the queue of {job.pool} is full ({self.queue_max} jobs)",
+                retry_after=drain_estimate(self.queue_max, workers),
+            )
+        return text(entry_id)
+
+    async def wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        *,
+        stop: Callable[[], Awaitable[bool]] | None = None,
+    ) -> tuple[JobResult, bytes | None] | None:
+        """The job's result and image, or None past ``timeout_s`` (or once ``stop()`` says so).
+
+        A Redis outage during the wait is ridden out until the deadline: the job was accepted,
+        and its result is read once Redis is back.
+        """
+        deadline = time.monotonic() + timeout_s
+        done = keys.job_done(job_id)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                found = await self.result(job_id)
+                if found is not None or remaining <= 0:
+                    return found
+                if stop is not None and await stop():
+                    return None
+                # Short blocks keep each read under the socket timeout and let ``stop`` be polled.
+                async with redis_errors():
+                    await self.waiter.blpop([done], timeout=max(0.01, min(remaining, self.poll_s)))
+            except errors.RedisUnavailable:
+                if remaining <= 0:
+                    return None
+                log.warning("event=wait_redis_down job=%s", job_id)
+                await asyncio.sleep(min(remaining, self.poll_s / 2))
+
+    async def result(self, job_id: str) -> tuple[JobResult, bytes | None] | None:
+        """The job's published result and image, or None when there is none (yet)."""
+        async with redis_errors():
+            raw = await self.redis.hgetall(keys.job_result(job_id))
+        return read_result(raw)
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        """The job's latest state, or None when unknown or expired."""
+        async with redis_errors():
+            raw = await self.redis.get(keys.job_status(job_id))
+        return None if raw is None else JobStatus.model_validate_json(raw)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel the job: workers drop it unrun. True when it was removed from its stream unclaimed."""
+        async with redis_errors():
+            await self.redis.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
+            where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+            if where[0] is None or where[1] is None:
+                return False
+            return await self._unqueue(
+                stream=text(where[0]),
+                status=keys.job_status(job_id),
+                entry_id=text(where[1]),
+                cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
+                ttl_s=keys.RESULT_TTL_S,
+            )
+
+
+def drain_estimate(depth: int, workers: list[WorkerState], *, cap_s: float = 60.0) -> float:
+    """Seconds until a full queue has room again, from the workers' measured inference time."""
+    times = [w.inference_s for w in workers if w.inference_s]
+    per_job = sum(times) / len(times) if times else 1.0
+    seconds = depth * per_job / max(1, len(workers)) / 4  # a quarter drains: room for a retry
+    return float(min(cap_s, max(1.0, math.ceil(seconds))))

@@ -1,0 +1,173 @@
+"""Parts of a farm run inside the test process, and the checks of the router's answers.
+
+``InProcessWorker`` is the real ``worker.loop.Worker`` on a tiny zoo pipeline, driven in burst
+mode: ``Workers.serve`` sends a request to the router (over ASGI) and lets the workers drain
+their queues until it is answered, so no test sleeps or polls a clock. ``StubWorker`` stays for
+what the real one cannot be told to do: fail with a chosen error, sit idle, or take its time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import httpx
+from PIL import Image
+
+from common.connections import sync_client
+from common.schemas import Job, JobResult, WorkerState
+from worker.engine import SwapEngine
+from worker.loop import Worker
+from worker.metrics import WorkerMetrics
+from worker.queue import Delivery, WorkerQueue
+from worker.settings import WorkerSettings
+from worker.store import AdapterStore
+from worker.swapper import EngineSwapper
+
+SDXL, SD15 = "tiny/sdxl-base", "tiny/sd15-base"
+PROMPT = {"inputs": "a photo of a cat", "parameters": {"seed": 3, "num_inference_steps": 2}}
+#: How long a heartbeat of an in-process worker lives: longer than any test, renewed each drain.
+HEARTBEAT_TTL_S = 60.0
+
+T = TypeVar("T")
+
+#: The ``app_client`` fixture: ``async with app_client(**settings) as client`` (the router over ASGI).
+AppClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+class RecordingWorker(Worker):
+    """The real worker, keeping the jobs it was handed: what the router enqueued."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.jobs: list[Job] = []
+
+    def serve(self, delivery: Delivery) -> None:
+        self.jobs.append(delivery.job)
+        super().serve(delivery)
+
+
+class InProcessWorker:
+    """One pool's real worker on a warm tiny pipeline (its engine restored to the plain base)."""
+
+    def __init__(self, settings: WorkerSettings, pipe: Any, engine: SwapEngine) -> None:
+        engine.restore()
+        self.client = sync_client(settings.redis_url)
+        self.store = AdapterStore(settings, engine=engine)
+        queue = WorkerQueue(self.client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
+        swapper = EngineSwapper(engine, self.store, mode=settings.swap_mode)
+        self.worker = RecordingWorker(settings, queue, pipe, swapper, WorkerMetrics(settings.base))
+        self._stop = threading.Event()
+        self.drain()  # started: ready, its consumer group made, announced
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self.worker.jobs
+
+    @property
+    def worker_id(self) -> str:
+        return self.worker.worker_id
+
+    def drain(self) -> None:
+        """Serve every job its streams hold (burst mode), then announce its state, as its heartbeat does."""
+        self.worker.run(self._stop, burst=True)
+        self.worker.queue.heartbeat(self.worker.state(), ttl_s=HEARTBEAT_TTL_S)
+
+    def close(self) -> None:
+        self.worker.queue.deregister()
+        self.store.close()
+        self.client.close()
+
+
+class Workers(dict[str, InProcessWorker]):
+    """The in-process workers by pool; ``serve`` answers a request with their help."""
+
+    async def drain(self) -> None:
+        """One burst of every worker, in a thread: the event loop meanwhile runs the router."""
+
+        def burst() -> None:
+            for worker in self.values():
+                worker.drain()
+
+        await asyncio.to_thread(burst)
+
+    async def serve(self, request: Awaitable[T]) -> T:
+        """Await ``request`` while the workers drain what it enqueues (nothing, if it is refused)."""
+        task = asyncio.ensure_future(request)
+        while not task.done():
+            await self.drain()
+        return await task
+
+
+class StubWorker:
+    """Claims one pool's jobs and fails them with ``failure``, ignores them (idle), or answers slowly."""
+
+    def __init__(self, redis_url: str, pool: str, worker_id: str, mode: str) -> None:
+        self.client = sync_client(redis_url)
+        self.queue = WorkerQueue(self.client, pool, worker_id)
+        self.pool, self.worker_id, self.mode = pool, worker_id, mode
+        self.failure = ("adapter_corrupt", "the adapter holds NaN values")
+        self.jobs: list[Job] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"stub-{worker_id}", daemon=True)
+        self.queue.ensure_group()
+        self._beat()
+
+    def _beat(self) -> None:
+        self.queue.heartbeat(WorkerState(worker_id=self.worker_id, pool=self.pool), ttl_s=3)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            if time.monotonic() - last > 0.3:
+                self._beat()
+                last = time.monotonic()
+            if self.mode == "idle":  # alive, claims nothing
+                self._stop.wait(0.05)
+                continue
+            for delivery in self.queue.claim(block_ms=50):
+                self._answer(delivery.job)
+                self.queue.ack(delivery.entry_id, delivery.stream)
+
+    def _answer(self, job: Job) -> None:
+        self.jobs.append(job)
+        if self.mode == "fail":
+            error_type, message = self.failure
+            result = JobResult(job_id=job.id, status="failed", error=message, error_type=error_type)
+            self.queue.publish_result(result, None)
+            return
+        time.sleep(1.0)  # slow
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+        result = JobResult(job_id=job.id, status="done", content_type="image/jpeg", worker_id=self.worker_id)
+        self.queue.publish_result(result, buf.getvalue())
+
+    def __enter__(self) -> StubWorker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.queue.deregister()
+        self.client.close()
+
+
+def sha_of(devhub_url: str, repo_id: str) -> str:
+    """The commit the devhub serves ``repo_id`` at."""
+    return str(httpx.get(f"{devhub_url}/api/models/{repo_id}", headers={"authorization": "Bearer t"}).json()["sha"])
+
+
+def assert_error(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
+    """The answer is the error body ``{"error", "error_type"}`` with this status, leaking nothing."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"}
+    assert body["error_type"] == error_type
+    assert "127.0.0.1" not in body["error"] and "Traceback" not in body["error"]
+    return dict(body)
