@@ -29,7 +29,9 @@ from worker.settings import WorkerSettings
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper
 
-SDXL, SD15 = "tiny/sdxl-base", "tiny/sd15-base"
+SDXL, SD15, FLUX = "tiny/sdxl-base", "tiny/sd15-base", "tiny/flux-base"
+#: The router's pools with the Flux worker beside the UNet ones (``flux_workers``).
+FLUX_POOLS = [SDXL, SD15, FLUX]
 PROMPT = {"inputs": "a photo of a cat", "parameters": {"seed": 3, "num_inference_steps": 2}}
 #: How long a heartbeat of an in-process worker lives: longer than any test, renewed each drain.
 HEARTBEAT_TTL_S = 60.0
@@ -95,6 +97,10 @@ class Workers(dict[str, InProcessWorker]):
                 worker.drain()
 
         await asyncio.to_thread(burst)
+
+    def close(self) -> None:
+        for worker in self.values():
+            worker.close()
 
     async def serve(self, request: Awaitable[T]) -> T:
         """Await ``request`` while the workers drain what it enqueues (nothing, if it is refused)."""
