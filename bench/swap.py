@@ -112,8 +112,8 @@ class Lorafarm:
                 key=str(path),
                 max_bytes=1 << 30,
                 max_rank=self.max_rank,
-                pipeline_cls=type(self.pipe),
-                unet_config=self.pipe.unet.config,
+                family=self.engine.family,
+                denoiser_config=self.engine.denoiser_config,
             )
             self.parsed[path] = self.engine.stage(adapter)
             out["parse+stage"] = time.perf_counter() - start

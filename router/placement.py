@@ -5,13 +5,13 @@ Pure decisions over plain data: no Redis, no clock, no I/O. The router turns hea
 worker serves its own queue in is the worker's: ``worker/backlog.py``). ``bench/simulate.py``
 drives the same functions in simulated time.
 
-An adapter is named by its key (``repo@sha``, or :func:`adapter_key` of several); ``None`` is
-the plain base, treated as the empty adapter.
+An adapter set is named by its key (``common.schemas.adapter_set_key``: ``repo@sha`` terms with
+their scales); ``None`` is the plain base, treated as the empty adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Holder tiers, best first: how close a worker is to serving an adapter without a swap.
@@ -75,11 +75,6 @@ class PlacementRules:
     default_swap_s: float = 0.5
     default_fetch_s: float = 1.0
     default_inference_s: float = 10.0
-
-
-def adapter_key(keys: Sequence[str]) -> str | None:
-    """One key for a job's adapters, in request order; ``None`` for the plain base."""
-    return "+".join(keys) if keys else None
 
 
 def is_live(worker: WorkerView, rules: PlacementRules, now: float) -> bool:
