@@ -8,6 +8,10 @@
 - The own stream of a dead worker is adopted by a live one of the pool (``reclaim``): its
   claimed jobs after a short idle time, its unclaimed ones at once. A worker that stops hands
   its unserved jobs back to the shared stream (``hand_back``).
+- A worker announces itself in each pool it serves: ``keys.worker_state(pool, worker_id)``
+  (expires unless renewed) and its id in ``keys.pool_workers(pool)``. A multi-base worker serves
+  several pools under one id: it reads each pool's streams, heartbeats in each, and each of its
+  pools' live workers adopts its jobs there once it is dead, as for a single-base worker.
 - A worker acknowledges *and deletes* an entry once the job is settled, so the ``XLEN`` of a
   pool's streams counts the jobs waiting or in hand: that is the bound the router enforces
   (429 past it).

@@ -64,7 +64,7 @@ class JobQueue:
             ids: Any = await self.redis.zrangebyscore(keys.pool_workers(pool), since, "+inf")
             if not ids:
                 return []
-            raws = await self.redis.mget([keys.worker_state(text(i)) for i in ids])
+            raws = await self.redis.mget([keys.worker_state(pool, text(i)) for i in ids])
         states = []
         for raw in raws:
             if raw is None:
@@ -116,7 +116,7 @@ class JobQueue:
         workers = [w for w in workers if w.status != "draining"]
         if not workers:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
-        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
+        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(job.pool, worker_id)) if worker_id else None
         counted = await self.streams(job.pool)
         async with redis_errors():
             entry_id = await self._submit(

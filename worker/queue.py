@@ -127,7 +127,7 @@ class WorkerQueue:
 
     def release(self) -> None:
         """Leave the pool: stop being placed on, and hand back what is still on the own stream."""
-        self.redis.delete(keys.worker_state(self.worker_id))
+        self.redis.delete(keys.worker_state(self.pool, self.worker_id))
         self.ensure_stream(self.own)
         self.hand_back(self.read({self.own: ">"}, count=1000, block=None))
 
@@ -210,7 +210,7 @@ class WorkerQueue:
         now = time.time()
         members = keys.pool_workers(self.pool)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.worker_state(self.worker_id), state.dumps(), px=max(1, int(ttl_s * 1000)))
+        pipe.set(keys.worker_state(self.pool, self.worker_id), state.dumps(), px=max(1, int(ttl_s * 1000)))
         pipe.zadd(members, {self.worker_id: now})
         pipe.zremrangebyscore(members, "-inf", now - _PRUNE_WORKERS_S)
         pipe.execute()
