@@ -198,6 +198,19 @@ class WorkerState(BaseModel):
     jobs_done: int = 0
     swap_s: float | None = None
     inference_s: float | None = None
+    #: Every pool this worker serves (one for a single-base worker); it announces a state in each.
+    pools: list[str] = Field(default_factory=list)
+    #: Where this pool's base is on the worker: on the device (active), in pinned host memory
+    #: (warm: a switch is one copy) or only on local disk (cold: a switch reads it again).
+    base_tier: Literal["active", "warm", "cold"] = "active"
+    #: Seconds to make this base active from host memory and from disk: measured, estimated from
+    #: its bytes until measured.
+    warm_switch_s: float | None = None
+    cold_switch_s: float | None = None
+    #: Bytes of this base's weights on the device, in host memory and on disk.
+    base_bytes: dict[str, int] = Field(default_factory=dict)
+    #: Jobs waiting on this worker's own streams of its other pools (they share its device).
+    other_queued: int = 0
     started_at: float = Field(default_factory=time.time)
     last_seen: float = Field(default_factory=time.time)
 

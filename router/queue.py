@@ -116,7 +116,9 @@ class JobQueue:
         workers = [w for w in workers if w.status != "draining"]
         if not workers:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
-        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(job.pool, worker_id)) if worker_id else None
+        placed = None
+        if worker_id:
+            placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(job.pool, worker_id))
         counted = await self.streams(job.pool)
         async with redis_errors():
             entry_id = await self._submit(
