@@ -107,9 +107,7 @@ def test_the_age_bound_holds_across_bases() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(
-        st.tuples(ADAPTERS, st.floats(0, 60), st.sampled_from(["p", "q", None])), min_size=1, max_size=12
-    ),
+    st.lists(st.tuples(ADAPTERS, st.floats(0, 60), st.sampled_from(["p", "q", None])), min_size=1, max_size=12),
     st.sampled_from(["p", "q", None]),
 )
 def test_with_bases_every_job_is_served_once_and_none_waits_past_the_bound(
