@@ -148,6 +148,10 @@ class JobResult(BaseModel):
     #: True when the job's adapters were already active when it started (no swap was needed).
     warm: bool = False
     swap_s: float = 0.0
+    #: What making the job's base active took on a multi-base worker: nothing, a warm switch
+    #: (from pinned host memory) or a cold load (from disk), and its seconds.
+    base_switch: Literal["none", "warm", "cold"] = "none"
+    base_switch_s: float = 0.0
     inference_s: float = 0.0
     compute_s: float = 0.0
     finished_at: float = Field(default_factory=time.time)

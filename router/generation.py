@@ -67,6 +67,7 @@ IMAGE_HEADERS = {
         "x-adapter-warm": "true when the adapters were already fused (no swap).",
         "x-seed": "Seed used (random when the request named none).",
         "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
+        "x-base-switch": "none; warm / cold: a multi-base worker first made the base active from host memory / disk.",
     }.items()
 }
 
@@ -160,6 +161,7 @@ def image_headers(job_id: str, result: JobResult, *, seed: int | None = None) ->
         "x-worker-id": result.worker_id or "",
         "x-adapter-warm": "true" if result.warm else "false",
         "x-swap-time": f"{result.swap_s:.4f}",
+        "x-base-switch": result.base_switch,
     }
     if seed is not None:
         headers["x-seed"] = str(seed)

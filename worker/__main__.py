@@ -1,4 +1,8 @@
-"""``python -m worker --base REPO_ID``: load the base, announce, serve the pool's jobs until SIGTERM."""
+"""``python -m worker --base REPO_ID [--base ...]``: load the bases, announce, serve their pools until SIGTERM.
+
+One base: a single-base worker. Several: a multi-base worker, one base active on the device at a
+time (as its budget allows), the others warm in pinned host memory or cold on disk.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,25 @@ from typing import Any
 import redis
 
 from common.connections import sync_client
-from worker.calibrate import calibrate
-from worker.engine import SwapEngine
 from worker.loop import Worker
 from worker.metrics import WorkerMetrics
-from worker.pipeline import load_base, resolve_device
+from worker.pipeline import resolve_device
 from worker.probe import start_probe
-from worker.queue import WorkerQueue
 from worker.settings import WorkerSettings
-from worker.store import AdapterStore
-from worker.swapper import EngineSwapper, StockSwapper, Swapper
+from worker.startup import load_bases
+from worker.tiers import BaseDoesNotFit
 
 
 def build_settings(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    parser.add_argument("--base", help="base repo id to serve (or LORAFARM_BASE)")
+    parser.add_argument(
+        "--base", action="append", help="base repo id to serve; repeat for a multi-base worker (or LORAFARM_BASE)"
+    )
     parser.add_argument("--burst", action="store_true", help="exit once nothing is left to claim")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {"base": args.base} if args.base else {}
+    overrides: dict[str, Any] = {"base": ",".join(args.base)} if args.base else {}
     settings = WorkerSettings(**overrides)
-    if not settings.base:
+    if not settings.bases:
         parser.error("--base (or LORAFARM_BASE) is required")
     return settings, args.burst
 
@@ -48,28 +51,15 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
 
-    metrics = WorkerMetrics(settings.base)
-    pipe = load_base(settings)
-    swapper: Swapper
-    if settings.stock_swap:
-        swapper = StockSwapper(pipe, settings)
-    else:
-        engine = SwapEngine(
-            pipe,
-            pristine=settings.pristine,
-            headroom_bytes=settings.pristine_headroom_bytes,
-            host_bytes=settings.pristine_host_bytes,
-        )
-        store = AdapterStore(settings, engine=engine)
-        metrics.watch_cache(store.cache.counts)
-        metrics.watch_pristine(engine.pristine_tiers)
-        costs = calibrate(engine, size=settings.default_size) if settings.swap_mode == "auto" else None
-        swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
-
+    metrics = WorkerMetrics(settings.bases)
     # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
     client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
-    queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
-    worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
+    try:
+        bases = load_bases(settings, client, metrics)
+    except (BaseDoesNotFit, ValueError) as exc:
+        log.error("event=refused error=%s", exc)
+        raise SystemExit(f"worker refused to start: {exc}") from exc
+    worker = Worker(settings, bases, metrics, device=resolve_device(settings.device))
     if settings.worker_port:
         start_probe(
             settings.worker_host,
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     beat_stop = threading.Event()
     beat = threading.Thread(target=worker.heartbeat_forever, args=(beat_stop,), name="heartbeat", daemon=True)
     beat.start()
-    log.info("event=worker_started worker=%s pool=%s", settings.worker_id, settings.base)
+    log.info("event=worker_started worker=%s pools=%s", settings.worker_id, ",".join(bases.pools))
     try:
         worker.run(stop, burst=burst)
     finally:
@@ -92,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         beat.join(timeout=settings.heartbeat_s + 1)
         try:
             worker.hand_back()
-            queue.deregister()
+            worker.deregister()
         except (redis.ConnectionError, redis.TimeoutError):
             pass
         log.info("event=worker_stopped worker=%s jobs_done=%d", settings.worker_id, worker.jobs_done)

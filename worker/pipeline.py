@@ -52,8 +52,11 @@ def download_base(settings: WorkerSettings) -> str:
     )
 
 
-def load_base(settings: WorkerSettings) -> DiffusionPipeline:
-    """Load the base pipeline once, on the configured device and dtype."""
+def load_base(settings: WorkerSettings, *, place: bool = True) -> DiffusionPipeline:
+    """Load the base pipeline once, in the dtype of the configured device, and put it there.
+
+    ``place=False`` leaves it in host memory (a multi-base worker moves bases itself: ``worker.bases``).
+    """
     device = resolve_device(settings.device)
     path = download_base(settings)
     family = family_of(DiffusionPipeline.load_config(path).get("_class_name"))
@@ -61,7 +64,8 @@ def load_base(settings: WorkerSettings) -> DiffusionPipeline:
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
-    pipe.to(device)
+    if place:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     log.info("event=base_loaded base=%s device=%s dtype=%s", settings.base, device, dtype)
     return pipe

@@ -22,6 +22,7 @@ from common.schemas import Job, JobResult, JobStatus, WorkerState
 from common.scripts import HandBack, Publish
 from worker import deadletter
 from worker.adoption import Adoption
+from worker.pools import PoolQueues
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class Delivery:
     deliveries: int
     #: The stream the entry is on (the pool's, this worker's own, or an adopted one).
     stream: str = ""
+    #: The pool whose queue handed it over (a multi-base worker serves several).
+    pool: str = ""
 
 
 class WorkerQueue:
@@ -65,26 +68,10 @@ class WorkerQueue:
 
         Malformed entries are dead-lettered, not returned. If this worker's stream is gone (a peer
         forgot it while this worker's heartbeat had lapsed, or Redis lost its data), it is made
-        again and nothing is returned this round.
+        again and nothing is returned this round. (``worker.pools.PoolQueues`` claims so from the
+        queues of several pools at once; this is it with one.)
         """
-        try:
-            return self._claim(block_ms, include_pool=include_pool, count=count)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("NOGROUP"):
-                raise
-            log.warning("event=stream_recreated worker=%s error=%s", self.worker_id, exc)
-            self.ensure_group()
-            return []
-
-    def _claim(self, block_ms: int, *, include_pool: bool, count: int) -> list[Delivery]:
-        own = self.read({self.own: ">"}, count=count, block=None)
-        if not include_pool:
-            return own
-        if own:
-            # One shared job as well: while placements keep the own streams from running dry, the
-            # jobs that spilled to the shared stream would otherwise wait behind all of them.
-            return own + self.read({self.stream: ">"}, count=1, block=None)
-        return self.read({self.own: ">", self.stream: ">"}, count=1, block=block_ms)
+        return PoolQueues([self]).claim(block_ms, include_pool=include_pool, count=count)
 
     def peek(self) -> Job | None:
         """The next job of the shared stream that no worker has claimed yet (for prefetch)."""
@@ -236,12 +223,15 @@ class WorkerQueue:
         reply: Any = self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=count, block=block)
         if isinstance(reply, dict):  # RESP3
             reply = list(reply.items())
+        return [d for stream, entries in reply or [] for d in self.parse(text(stream), entries)]
+
+    def parse(self, stream: str, entries: Any) -> list[Delivery]:
+        """Deliveries of entries just read from ``stream``; malformed ones dead-lettered."""
         out: list[Delivery] = []
-        for stream, entries in reply or []:
-            for entry_id, fields in entries:
-                delivery = self._delivery(text(stream), text(entry_id), fields, 1)
-                if delivery is not None:
-                    out.append(delivery)
+        for entry_id, fields in entries:
+            delivery = self._delivery(stream, text(entry_id), fields, 1)
+            if delivery is not None:
+                out.append(delivery)
         return out
 
     # --- helpers ---
@@ -252,7 +242,7 @@ class WorkerQueue:
         except (ValueError, ValidationError) as exc:
             self._dead_letter_malformed(stream, entry_id, fields, exc)
             return None
-        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries, stream=stream)
+        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries, stream=stream, pool=self.pool)
 
     def _dead_letter_job(self, delivery: Delivery) -> None:
         job, tries = delivery.job, delivery.deliveries - 1

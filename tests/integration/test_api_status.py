@@ -69,7 +69,15 @@ async def test_openapi_declares_bodies_and_errors(app_client: AppClient) -> None
         assert "Retry-After" in op["responses"]["503"]["headers"]
         assert set(op["responses"]["200"]["content"]) >= {"image/png", "image/jpeg", "image/webp"}
         headers = set(op["responses"]["200"]["headers"])
-        assert headers == {"x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed", "x-swap-time"}
+        assert headers == {
+            "x-request-id",
+            "x-compute-time",
+            "x-worker-id",
+            "x-adapter-warm",
+            "x-seed",
+            "x-swap-time",
+            "x-base-switch",
+        }
         # Each error type is named once, whichever steps of the generation path can raise it.
         for response in op["responses"].values():
             named = [n for n in response["description"].split(", ") if n]
