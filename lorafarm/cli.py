@@ -16,10 +16,14 @@ from lorafarm.supervisor import Backoff, Supervisor
 ZOO_STAMP = ".zoo-built"
 #: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
 DEFAULT_POOLS = ("tiny/sdxl-base", "tiny/sd15-base", "tiny/flux-base")
+#: The main pool: it gets its own workers; the others (the long tail) share one multi-base worker.
+MAIN_POOL = "tiny/sdxl-base"
 #: Pool -> the LoRA of its printed curl line (and of the check that it works), and the output file.
 DEMOS = {
     "tiny/sdxl-base": ("tiny/sdxl-lora-diffusers", "lora.jpg"),
     "tiny/flux-base": ("tiny/flux-lora-diffusers", "flux.jpg"),
+    # After the FLUX.1 one, on the multi-base worker: a warm base switch.
+    "tiny/sd15-base": ("tiny/sd15-lora", "sd15.jpg"),
 }
 DEMO_BODY = {"inputs": "an elephant", "parameters": {"seed": 1}}
 
@@ -39,12 +43,14 @@ def ensure_zoo(zoo_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     zoo_dir = Path(args.zoo).resolve()
     ensure_zoo(zoo_dir)
+    pools = args.pools.split(",")
     farm = Farm(
         FarmConfig(
             state_dir=Path(args.state).resolve(),
             zoo_dir=zoo_dir,
-            pools=args.pools.split(","),
+            pools=pools,
             workers_per_pool=args.workers,
+            workers=None if args.dedicated else worker_plan(pools, args.workers),
             router_port=args.port,
             devhub_port=args.hub_port,
             redis_port=args.redis_port,
@@ -65,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
         print("starting redis-server, devhub, router and workers ...", flush=True)
         farm.start()
         url = farm.router_url
-        pools = farm.config.pools
         checked = "\n".join(check_demo(url, pools))
+        plan = "; ".join(f"{' + '.join(spec)}" for spec in farm.worker_specs)
         body = json.dumps(DEMO_BODY)
         curls = [
             f"  curl {url}/models/{lora} -d '{body}' -o {out}" for pool, (lora, out) in DEMOS.items() if pool in pools
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             f"""
 lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
 pools: {", ".join(pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
+workers: {plan}   (a worker with several pools is a multi-base worker: one base active, the others warm)
 {checked}
 Try:
 {chr(10).join(curls)}
@@ -96,6 +103,15 @@ A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""
         farm.stop()
 
 
+def worker_plan(pools: list[str], per_pool: int) -> list[list[str]]:
+    """``per_pool`` workers of the main pool, and one multi-base worker for all the other pools
+    (a lone pool, or no main pool: one worker per pool, as ``--dedicated``)."""
+    tail = [pool for pool in pools if pool != MAIN_POOL]
+    if MAIN_POOL not in pools or len(tail) < 2:
+        return [[pool] for pool in pools for _ in range(per_pool)]
+    return [[MAIN_POOL] for _ in range(per_pool)] + [tail]
+
+
 def check_demo(url: str, pools: list[str]) -> list[str]:
     """Serve each printed curl line of the served pools once, so 'ready' means they work."""
     import httpx
@@ -111,7 +127,7 @@ def check_demo(url: str, pools: list[str]) -> list[str]:
             raise RuntimeError(f"the demo request for {lora} failed: {resp.status_code} {resp.text}")
         lines.append(
             f"checked: {lora} -> {resp.headers.get('content-type')} {len(resp.content)} bytes in {elapsed:.2f} s "
-            f"(x-compute-time {resp.headers.get('x-compute-time')})"
+            f"(x-compute-time {resp.headers.get('x-compute-time')}, x-base-switch {resp.headers.get('x-base-switch')})"
         )
     return lines
 
@@ -124,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--hub-port", type=int, default=8900, help="devhub port")
     p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port")
     p_run.add_argument("--pools", default=",".join(DEFAULT_POOLS), help="base repo ids, comma-separated")
-    p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
+    p_run.add_argument("--workers", type=int, default=1, help="workers per pool (of the main pool with multi-base)")
+    p_run.add_argument(
+        "--dedicated",
+        action="store_true",
+        help="one worker per pool; default: tiny/sdxl-base's own, one multi-base worker for the other pools",
+    )
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
     p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")
     p_run.add_argument(
