@@ -51,6 +51,11 @@ def _slug(base: str) -> str:
     return base.replace("/", "--")
 
 
+def _bases(value: str | None) -> list[str]:
+    """The bases a worker's LORAFARM_BASE names (several, comma-separated: a multi-base worker)."""
+    return WorkerSettings.model_construct(base=value or "").bases
+
+
 def _seconds(duration: str) -> float:
     """A compose duration (`2m`, `150s`, `1m30s`) in seconds."""
     parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", duration)
@@ -76,7 +81,10 @@ def test_compose_router_serves_the_pools_that_have_workers(files: tuple[str, ...
     services = compose_services(files)
     router = service_env(services["router"])
     bases = sorted(
-        service_env(svc)["LORAFARM_BASE"] or "" for name, svc in services.items() if _role(name) is WorkerSettings
+        base
+        for name, svc in services.items()
+        if _role(name) is WorkerSettings
+        for base in _bases(service_env(svc)["LORAFARM_BASE"])
     )
     pools = (router["LORAFARM_POOLS"] or "").split(",")
     assert sorted(pools) == bases, f"{files}: router pools {pools}, worker bases {bases}"
@@ -238,22 +246,27 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
     workers = _workers(docs, strict=path in OVERLAYS)
     assert workers
     for deployment, base in workers.values():
-        assert deployment["metadata"]["labels"]["lorafarm.io/pool"] == _slug(base)
+        label = deployment["metadata"]["labels"]["lorafarm.io/pool"]
+        # A multi-base worker's label names no single pool (nor any of its pools).
+        assert label == _slug(base) if len(_bases(base)) == 1 else label not in map(_slug, _bases(base))
     for so in _named(docs, "ScaledObject").values():
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {so['metadata']['name']} scales {target}, not a worker"
-        base = workers[target][1]
+        bases = _bases(workers[target][1])
+        modes: dict[str, set[str]] = {}
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert trigger["type"] == "redis-streams"
-            assert meta["stream"] == keys.pool_stream(base), f"{target}: trigger {trigger.get('name')}"
+            assert meta["stream"] in map(keys.pool_stream, bases), f"{target}: trigger {trigger.get('name')}"
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.WORKER_GROUP
-        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in so["spec"]["triggers"]}
-        assert modes == {"lag", "len"}, "combine the group's lag with the stream length (lag can be null)"
+            modes.setdefault(meta["stream"], set()).add("lag" if "lagCount" in meta else "len")
+        # Every pool the worker serves is watched, each by its lag and its length (lag can be null).
+        assert modes == {keys.pool_stream(b): {"lag", "len"} for b in bases}, f"{target}: {modes}"
     for hpa in _named(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]["name"]
         assert target in workers
+        assert len(_bases(workers[target][1])) == 1, "a plain HPA reads the queue gauge of one pool"
         metric = hpa["spec"]["metrics"][0]["external"]["metric"]
         assert metric["name"] == "lorafarm_queue_size"
         assert metric["selector"]["matchLabels"]["pool_slug"] == _slug(workers[target][1])
@@ -262,7 +275,7 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_k8s_router_serves_the_pools_that_have_workers(overlay: Path, kustomize: Build) -> None:
     docs = kustomize(overlay)
-    bases = sorted(base for _, base in _workers(docs, strict=True).values())
+    bases = sorted(b for _, base in _workers(docs, strict=True).values() for b in _bases(base))
     router = next(c for _, c in _pod_containers(docs) if c["name"] == "router")
     env = _env(router, docs, strict=True)
     pools = (env["LORAFARM_POOLS"] or "").split(",")
