@@ -183,6 +183,9 @@ class Worker:
     def _run_job(self, delivery: Delivery, slot: BaseSlot) -> None:
         job, metrics = delivery.job, self.metrics.of(slot.pool)
         start = time.perf_counter()
+        if self.bases.tiers.tier(slot.pool) != "active":
+            for ref in job.adapters:  # fetched and parsed while the base comes back
+                slot.swapper.prefetch(ref)
         switch = self.bases.activate(slot.pool)
         outcome = slot.swapper.swap(job.adapters, self._outlook(job, slot))
         if outcome.changed:

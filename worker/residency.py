@@ -132,6 +132,10 @@ class BaseWeights:
                 _bind(t, self._to_device(t.host))
         self._finish(on_device=True, has_host=keep_host)
 
+    def matches_host(self) -> bool:
+        """Every tensor bound now equals its host copy, where it has one (a check for benchmarks)."""
+        return all(torch.equal(_current(t).cpu(), t.host) for t in self._tensors if t.host is not None)
+
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         out = torch.empty(host.shape, dtype=host.dtype, device=self.device)
         out.copy_(host, non_blocking=self._pin)
