@@ -279,14 +279,12 @@ class Worker:
     def worker_id(self) -> str:
         return self.settings.worker_id
 
-    def state(self, pool: str | None = None) -> WorkerState:
+    def state(self, pool: str | None = None, waiting: dict[str, list[str | None]] | None = None) -> WorkerState:
         """This worker's heartbeat in ``pool`` (default: its first); ``queued`` is read from its
-        own stream there (claimed or not), ``other_queued`` from its own streams of its other pools."""
+        own stream there (claimed or not), ``other_queued`` from its own streams of its other
+        pools (``waiting``: those already read, by pool)."""
         slot = self.bases[pool or self.bases.pools[0]]
-        lengths = {
-            s.pool: [adapter_set_key(j.adapters) for j in s.queue.queued() if j.id != self.current_job]
-            for s in self.bases
-        }
+        lengths = waiting if waiting is not None else self._waiting()
         queued = lengths[slot.pool]
         pristine = slot.swapper.pristine()
         warm_s, cold_s = self.bases.tiers.costs(slot.pool)
@@ -321,8 +319,16 @@ class Worker:
 
     def announce(self) -> None:
         """One heartbeat in every pool this worker serves."""
+        waiting = self._waiting()
         for slot in self.bases:
-            slot.queue.heartbeat(self.state(slot.pool), ttl_s=self.settings.worker_ttl_s)
+            slot.queue.heartbeat(self.state(slot.pool, waiting), ttl_s=self.settings.worker_ttl_s)
+
+    def _waiting(self) -> dict[str, list[str | None]]:
+        """Adapter set keys of the jobs on this worker's own stream of each pool (the one in hand excluded)."""
+        return {
+            s.pool: [adapter_set_key(j.adapters) for j in s.queue.queued() if j.id != self.current_job]
+            for s in self.bases
+        }
 
     def heartbeat_forever(self, stop: threading.Event) -> None:
         """Announce this worker every ``heartbeat_s`` until ``stop``; survives Redis outages.

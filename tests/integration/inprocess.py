@@ -97,7 +97,7 @@ class InProcessWorker:
         """Serve every job its streams hold (burst mode), then announce its state, as its heartbeat does."""
         self.worker.run(self._stop, burst=True)
         for slot in self.bases:
-            slot.queue.heartbeat(self.worker.state(slot.pool), ttl_s=HEARTBEAT_TTL_S)
+            slot.queue.heartbeat(self.worker.state(slot.pool), ttl_s=HEARTBEAT_TTL_S)  # as announce() does
 
     def close(self) -> None:
         self.worker.deregister()
