@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
             router_port=args.port,
             devhub_port=args.hub_port,
             redis_port=args.redis_port,
+            redis_ha=args.redis_ha,
             env={"LORAFARM_DEFAULT_STEPS": str(args.steps)},
         )
     )
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"""
 lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
-pools: {", ".join(farm.config.pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
+pools: {", ".join(farm.config.pools)}   hub: {farm.hub_url}   redis: {describe_redis(farm)}
 {demo}
 Try:
   curl {url}/models/tiny/sdxl-lora-diffusers -d '{{"inputs": "an elephant", "parameters": {{"seed": 1}}}}' -o lora.jpg
@@ -80,6 +81,14 @@ A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""
         return 0
     finally:
         farm.stop()
+
+
+def describe_redis(farm: Farm) -> str:
+    """Where the farm's Redis is, as the banner shows it."""
+    if farm.replicated is None:
+        return farm.redis_url
+    sentinels = ",".join(f"{host}:{port}" for host, port in farm.redis_target().sentinels)
+    return f"primary {farm.redis_url} + 1 replica, sentinels {sentinels}"
 
 
 def check_demo(url: str) -> str:
@@ -107,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="serve the tiny demo zoo on loopback")
     p_run.add_argument("--port", type=int, default=8888, help="router port")
     p_run.add_argument("--hub-port", type=int, default=8900, help="devhub port")
-    p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port")
+    p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port (the first primary's)")
+    p_run.add_argument(
+        "--redis-ha",
+        action="store_true",
+        help="Redis as a primary, a replica and 3 sentinels; jobs are accepted once the replica holds them",
+    )
     p_run.add_argument("--pools", default="tiny/sdxl-base,tiny/sd15-base", help="base repo ids, comma-separated")
     p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")

@@ -18,6 +18,7 @@ from common.connections import async_client, sync_client
 from router.app import create_app
 from router.settings import RouterSettings
 from tests.integration.inprocess import SD15, SDXL, AppClient, InProcessWorker, Workers
+from tests.integration.replicas import ReplicaPair
 from worker.engine import SwapEngine
 from worker.pipeline import load_base
 from worker.settings import WorkerSettings
@@ -129,3 +130,11 @@ def workers(
     finally:
         for worker in started.values():
             worker.close()
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaPair]:
+    """A primary and its replica (real redis-servers), shared by a module's tests."""
+    pair = ReplicaPair(tmp_path_factory.mktemp("replicas"))
+    yield pair
+    pair.close()
