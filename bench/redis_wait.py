@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per setting")
     parser.add_argument("--timeout-ms", type=int, default=500, help="LORAFARM_REDIS_REPLICA_TIMEOUT_MS")
     args = parser.parse_args(argv)
-    command = "python -m bench.redis_wait " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = ("python -m bench.redis_wait " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
     state = Path(tempfile.mkdtemp(prefix="lorafarm-redis-wait-"))
     farm = Farm(FarmConfig(state_dir=state, zoo_dir=state, redis_ha=True))
     try:

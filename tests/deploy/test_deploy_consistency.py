@@ -33,6 +33,12 @@ Build = Callable[[Path], tuple[dict[str, Any], ...]]
 ROUTER_PORT = RouterSettings.model_fields["port"].default
 WORKER_PORT = WorkerSettings.model_fields["worker_port"].default
 ROUTER_GRACE_S = RouterSettings.model_fields["shutdown_grace_s"].default
+#: The sentinels' down-after, the default of deploy/k8s/redis-ha/start-sentinel.sh: a failover takes
+#: that and the election, and a worker silent for LORAFARM_WORKER_TTL_S meanwhile counts as dead.
+SENTINEL_DOWN_AFTER_S = (
+    int(re.findall(r"SENTINEL_DOWN_AFTER_MS:-(\d+)", (DEPLOY / "k8s/redis-ha/start-sentinel.sh").read_text())[-1])
+    / 1000
+)
 
 
 def _role(name: str) -> type[BaseSettings] | None:
@@ -159,6 +165,7 @@ def test_compose_ha_reaches_redis_through_the_sentinels() -> None:
         assert env["LORAFARM_REDIS_MASTER_NAME"] == "lorafarm"
         assert 1 <= int(env["LORAFARM_REDIS_MIN_REPLICAS"] or 0) <= len(servers) - 1
         assert set(sentinels) <= set(service["depends_on"]), f"{name} starts before the sentinels"
+        assert float(env["LORAFARM_WORKER_TTL_S"] or 0) > 2 * SENTINEL_DOWN_AFTER_S, "a failover outlasts the TTL"
 
 
 # ---------------------------------------------------------------- Kubernetes helpers
@@ -359,6 +366,7 @@ def test_k8s_sentinels_are_the_sentinel_pods(overlay: Path, kustomize: Build) ->
             named = {a.replace("$(POD_NAMESPACE)", namespace) for a in (env["REDIS_SENTINELS"] or "").split()}
             assert named == qualified
             assert int(settings["LORAFARM_REDIS_MIN_REPLICAS"]) <= statefulset["spec"]["replicas"] - 1
+    assert float(settings["LORAFARM_WORKER_TTL_S"]) > 2 * SENTINEL_DOWN_AFTER_S, "a failover outlasts the worker TTL"
 
 
 def _configmap_with(docs: tuple[dict[str, Any], ...], key: str) -> str:
