@@ -2,8 +2,8 @@
 
 (a) one deployment per LoRA, (b) the reference shared base (any free worker, a stock swap on
 every change), (c) lorafarm: the router's ``choose_worker`` and the worker's ``order_queue``
-with the rules the router and the worker run by default (``router.settings.placement_rules`` of
-the default ``RouterSettings``, ``WorkerSettings.reorder_max_age_s``), not values of their own.
+with the rules the router and the worker run by (``Product``: ``router.settings.placement_rules``
+of the default ``RouterSettings``, ``WorkerSettings.reorder_max_age_s``), not values of its own.
 Costs are the reference's A10G figures (docs/BASELINE.md) and estimates for lorafarm's swap.
 """
 
@@ -13,21 +13,55 @@ import heapq
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from router.placement import PlacementRules, WorkerView, choose_worker
 from router.settings import RouterSettings, placement_rules
 from worker.backlog import QueuedJob, order_queue
 from worker.settings import WorkerSettings
 
-#: The defaults of the settings classes, not this shell's environment (``model_construct``).
-ROUTER = RouterSettings.model_construct()
-WORKER = WorkerSettings.model_construct()
 #: A rank-8 SDXL LoRA on the UNet attention projections, fp16 (docs/BASELINE.md): 23.4 MB.
 ADAPTER_BYTES = 23_400_000
+
+
+@dataclass(frozen=True)
+class Product:
+    """The router's and the worker's settings that the simulated lorafarm runs by."""
+
+    router: RouterSettings
+    worker: WorkerSettings
+
+    @classmethod
+    def defaults(cls, overrides: Mapping[str, str] | None = None) -> Product:
+        """The settings classes' defaults, not this shell's environment (``model_construct``),
+        with what-if ``overrides`` (field name -> value as an environment variable would give it)."""
+        router, worker = RouterSettings.model_construct(), WorkerSettings.model_construct()
+        updates: dict[type, dict[str, Any]] = {RouterSettings: {}, WorkerSettings: {}}
+        for name, text in (overrides or {}).items():
+            cls_ = next((c for c in updates if name in c.model_fields), None)
+            if cls_ is None:
+                raise ValueError(f"{name} is a field of neither RouterSettings nor WorkerSettings")
+            updates[cls_][name] = TypeAdapter(cls_.model_fields[name].annotation).validate_python(text)
+        return cls(router.model_copy(update=updates[RouterSettings]), worker.model_copy(update=updates[WorkerSettings]))
+
+    def rules(self, *, affinity: bool = True) -> PlacementRules:
+        """The router's placement rules (``affinity=False``: ``LORAFARM_AFFINITY=false``)."""
+        return placement_rules(self.router.model_copy(update={"affinity": affinity and self.router.affinity}))
+
+    @property
+    def backlog_age_s(self) -> float:
+        """The worker's age bound on its own queue (``LORAFARM_REORDER_MAX_AGE_S``)."""
+        return self.worker.reorder_max_age_s
+
+    @property
+    def host_cache(self) -> int:
+        """Adapters a worker keeps parsed in host memory: its host cache over a typical SDXL LoRA."""
+        return self.worker.host_cache_bytes // ADAPTER_BYTES
 
 
 @dataclass(frozen=True)
@@ -45,9 +79,8 @@ class Costs:
     swap_s: float = 0.02
     #: Download and parse of a ~24 MB adapter not in host memory (hidden when prefetched). Assumed.
     fetch_s: float = 1.0
-    #: Adapters parsed in host memory per worker: the worker's default host cache over a typical
-    #: SDXL LoRA's size.
-    host_cache: int = WORKER.host_cache_bytes // ADAPTER_BYTES
+    #: Adapters parsed in host memory per worker (``Product.host_cache``: 91 by default).
+    host_cache: int = 91
 
 
 @dataclass(frozen=True)
@@ -244,13 +277,3 @@ class LorafarmPool:
         w.busy, w.busy_until = True, now + swap + self.costs.inference_s
         heapq.heappush(self.done, (w.busy_until, w.worker_id))
         self.run.latencies.append(w.busy_until - r.at)
-
-
-def lorafarm_rules(*, affinity: bool = True) -> PlacementRules:
-    """The router's placement rules at their defaults (``affinity=False``: ``LORAFARM_AFFINITY=false``)."""
-    return placement_rules(ROUTER.model_copy(update={"affinity": affinity}))
-
-
-def backlog_age_s() -> float:
-    """The worker's default age bound on its own queue (``LORAFARM_REORDER_MAX_AGE_S``)."""
-    return WORKER.reorder_max_age_s

@@ -29,11 +29,10 @@ from bench.goals import Verdict
 from bench.policies import (
     Costs,
     LorafarmPool,
+    Product,
     Request,
     Run,
-    backlog_age_s,
     dedicated,
-    lorafarm_rules,
     reference_pool,
 )
 
@@ -95,10 +94,22 @@ def distinct_per_window(trace: Sequence[Request], window_s: float = 120.0) -> fl
 PoolSim = Callable[[Sequence[Request], int], Run]
 
 
-def policies(costs: Costs, seed: int) -> dict[str, PoolSim]:
+@dataclass(frozen=True)
+class Fleets:
+    """The smallest fleets (workers per pool; ``None``: out of reach) for the p95 bounds."""
+
+    bound: float  # the sizing bound, x inference (``--bound``)
+    reference: list[int] | None
+    lorafarm: list[int] | None
+    lorafarm_tight: list[int] | None  # for p95 ≤ goals.P95_OVER_INFERENCE
+    reference_tight: list[int] | None
+
+
+def policies(costs: Costs, seed: int, product: Product | None = None) -> dict[str, PoolSim]:
     """The shared-base policies, each as ``(pool trace, workers) -> Run``; lorafarm's with the
-    router's and the worker's default settings."""
-    rules, no_affinity, age_s = lorafarm_rules(), lorafarm_rules(affinity=False), backlog_age_s()
+    router's and the worker's settings (default: their defaults)."""
+    product = product or Product.defaults()
+    rules, no_affinity, age_s = product.rules(), product.rules(affinity=False), product.backlog_age_s
     return {
         "reference": lambda t, k: reference_pool(t, k, costs, seed),
         "lorafarm": lambda t, k: LorafarmPool(k, costs, rules, age_s).serve(t),
@@ -224,6 +235,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--fetch-s", type=float, default=Costs.fetch_s, help="lorafarm download+parse")
     ap.add_argument("--bound", type=float, default=1.5, help="p95 bound for fleet sizing, x inference")
     ap.add_argument("--plot", type=Path, default=PLOT)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="what-if: a RouterSettings/WorkerSettings field instead of its default (affinity_max_wait_s=2)",
+    )
     args = ap.parse_args(argv)
     args.hours = args.hours or (1.0 if args.quick else 24.0)
     return args
@@ -256,68 +274,88 @@ def saving_verdict(ours: Sequence[int] | None, theirs: Sequence[int] | None, bou
     return replace(verdict, measured=f"{verdict.measured}; {detail}")
 
 
-def print_trace(args: argparse.Namespace, s: float, trace: Sequence[Request], costs: Costs) -> None:
+def print_trace(args: argparse.Namespace, s: float, trace: Sequence[Request], costs: Costs, product: Product) -> None:
     weights = zipf_weights(args.loras, s)
     shares = np.bincount([r.pool for r in trace], minlength=N_BASES) / max(1, len(trace))
-    rules, age_s = lorafarm_rules(), backlog_age_s()
+    rules = product.rules()
     print(f"calibration: Zipf exponent {s:.3f} over {args.loras} LoRAs at {args.rate} req/s gives")
     print(f"  {expected_distinct(weights, args.rate, 120):.2f} distinct LoRAs per 2 min expected,")
     print(f"  {distinct_per_window(trace):.2f} measured on the trace ({len(trace)} requests, {args.hours} h);")
     print(f"  top LoRA {weights[0]:.1%} of requests, top 10 {weights[:10].sum():.1%};")
     print(f"  requests per base pool {', '.join(f'{x:.1%}' for x in shares)}")
     print(f"costs: {costs}")
+    where = f"settings defaults with {', '.join(args.set)}" if args.set else "router and worker settings defaults"
     print(
-        f"lorafarm rules (router and worker defaults): max_queue {rules.max_queue}, max_wait_s {rules.max_wait_s:g},"
+        f"lorafarm rules ({where}): max_queue {rules.max_queue}, max_wait_s {rules.max_wait_s:g},"
         f" max_holders {rules.max_holders}, min_residency_s {rules.min_residency_s:g},"
-        f" damping_s {rules.damping_s:g}; backlog age bound {age_s:g} s"
+        f" damping_s {rules.damping_s:g}; backlog age bound {product.backlog_age_s:g} s"
     )
+
+
+def report_rows(
+    sims: dict[str, PoolSim], trace: Sequence[Request], costs: Costs, horizon: float, fleets: Fleets
+) -> tuple[list[Row], dict[str, Run]]:
+    """The table's rows, and the runs by ``"<policy> <fleet>"`` (each fleet simulated once)."""
+    bound, tight = f"p95 ≤ {fleets.bound:g}× inference", goals.P95_OVER_INFERENCE
+    runs: dict[str, Run] = {}
+    rows = [
+        Row(f"(a) dedicated per LoRA, {costs.idle_stop_s / 60:g} min idle stop", "", dedicated(trace, costs), horizon)
+    ]
+    rows[0].fleet = f"{rows[0].run.gpu_s / horizon:.1f} mean"
+    for label, name, fleet in (
+        (f"(b) reference, smallest fleet for {bound}", "reference", fleets.reference),
+        (f"(c) lorafarm, smallest fleet for {bound}", "lorafarm", fleets.lorafarm),
+        (f"(c) lorafarm, smallest fleet for p95 ≤ {tight:g}× inference", "lorafarm", fleets.lorafarm_tight),
+        (f"(b) reference, smallest fleet for p95 ≤ {tight:g}× inference", "reference", fleets.reference_tight),
+        ("(b) reference on (c)'s fleet", "reference", fleets.lorafarm),
+        ("fast swap without affinity or prefetch, (c)'s fleet", "fast swap only", fleets.lorafarm),
+    ):
+        if fleet is not None:
+            key = f"{name} {describe(fleet)}"
+            runs[key] = runs.get(key) or fleet_run(sims[name], trace, fleet, horizon)
+            rows.append(Row(label, describe(fleet), runs[key], horizon))
+    return rows, runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     began = time.perf_counter()
-    costs, horizon = Costs(swap_s=args.swap_s, fetch_s=args.fetch_s), args.hours * 3600
-    inf = costs.inference_s
+    product = Product.defaults(dict(item.split("=", 1) for item in args.set))
+    costs = Costs(swap_s=args.swap_s, fetch_s=args.fetch_s, host_cache=product.host_cache)
+    horizon, inf, tight = args.hours * 3600, costs.inference_s, goals.P95_OVER_INFERENCE
     s = calibrate(args.loras, args.rate)
     trace = make_trace(args.seed, args.rate, horizon, s, args.loras)
-    print_trace(args, s, trace, costs)
-    sims = policies(costs, args.seed)
-    tight = goals.P95_OVER_INFERENCE
-    ref = smallest_fleet(sims["reference"], trace, args.bound * inf, costs, horizon)
-    lf = smallest_fleet(sims["lorafarm"], trace, args.bound * inf, costs, horizon)
-    goal = smallest_fleet(sims["lorafarm"], trace, tight * inf, costs, horizon)
-    ref_tight = smallest_fleet(sims["reference"], trace, tight * inf, costs, horizon)
-    bound = f"p95 ≤ {args.bound:g}× inference"
-    runs = {
-        "dedicated": dedicated(trace, costs),
-        **{
-            f"{name} {describe(fleet)}": fleet_run(sims[name], trace, fleet, horizon)
-            for name, fleet in (("reference", ref), ("reference", ref_tight), ("lorafarm", lf), ("lorafarm", goal))
-            if fleet is not None
-        },
-    }
-    rows = [Row(f"(a) dedicated per LoRA, {costs.idle_stop_s / 60:g} min idle stop", "", runs["dedicated"], horizon)]
-    rows[0].fleet = f"{rows[0].run.gpu_s / horizon:.1f} mean"
-    for label, name, fleet in (
-        (f"(b) reference, smallest fleet for {bound}", "reference", ref),
-        (f"(c) lorafarm, smallest fleet for {bound}", "lorafarm", lf),
-        (f"(c) lorafarm, smallest fleet for p95 ≤ {tight:g}× inference", "lorafarm", goal),
-        (f"(b) reference, smallest fleet for p95 ≤ {tight:g}× inference", "reference", ref_tight),
-        ("(b) reference on (c)'s fleet", "reference", lf),
-        ("fast swap without affinity or prefetch, (c)'s fleet", "fast swap only", lf),
-    ):
-        if fleet is not None:
-            run = runs.get(f"{name} {describe(fleet)}") or fleet_run(sims[name], trace, fleet, horizon)
-            rows.append(Row(label, describe(fleet), run, horizon))
+    print_trace(args, s, trace, costs, product)
+    sims = policies(costs, args.seed, product)
+    fleets = Fleets(
+        args.bound,
+        *(
+            smallest_fleet(sims[name], trace, bound * inf, costs, horizon)
+            for name, bound in (
+                ("reference", args.bound),
+                ("lorafarm", args.bound),
+                ("lorafarm", tight),
+                ("reference", tight),
+            )
+        ),
+    )
+    rows, runs = report_rows(sims, trace, costs, horizon, fleets)
     print(table(rows, inf))
-    if ref_tight is None:
+    ref, lf, goal = fleets.reference, fleets.lorafarm, fleets.lorafarm_tight
+    if fleets.reference_tight is None:
         limit = search_limit(trace, costs, horizon)
         print(f"the reference at p95 ≤ {tight:g}× inference: out of reach (no fleet of up to {limit} workers a pool)")
     goal_run = runs.get(f"lorafarm {describe(goal)}")
-    for verdict in (saving_verdict(lf, ref, bound), latency_verdict(goal_run, goal, inf)):
+    for verdict in (saving_verdict(lf, ref, f"p95 ≤ {args.bound:g}× inference"), latency_verdict(goal_run, goal, inf)):
         print(verdict.line())
-    points = sweep({k: v for k, v in sims.items() if k != "fast swap only"}, ref or lf or [1] * N_BASES, costs, args, s)
-    plot(points, sum(ref or lf or [1] * N_BASES), args.rate, costs, args.plot)
+    fixed = ref or lf or [1] * N_BASES
+    plot(
+        sweep({k: v for k, v in sims.items() if k != "fast swap only"}, fixed, costs, args, s),
+        sum(fixed),
+        args.rate,
+        costs,
+        args.plot,
+    )
     print(f"plot: {args.plot}")
     print(f"simulated in {time.perf_counter() - began:.1f} s")
     print(" ".join(["command: python -m bench.simulate", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]))

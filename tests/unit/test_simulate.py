@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import goals, simulate
-from bench.policies import Costs, Run, backlog_age_s, dedicated, lorafarm_rules
+from bench.policies import Costs, Product, Run, dedicated
 from bench.simulate import (
     calibrate,
     expected_distinct,
@@ -104,23 +104,25 @@ def test_the_simulated_rules_are_the_settings_defaults_whatever_the_environment(
     monkeypatch.setenv("LORAFARM_AFFINITY_MAX_HOLDERS", "9")
     monkeypatch.setenv("LORAFARM_AFFINITY_MAX_WAIT_S", "30")
     monkeypatch.setenv("LORAFARM_REORDER_MAX_AGE_S", "99")
-    rules, fields = lorafarm_rules(), RouterSettings.model_fields
+    product, fields = Product.defaults(), RouterSettings.model_fields
+    rules = product.rules()
     assert rules.max_holders == fields["affinity_max_holders"].default
     assert rules.max_wait_s == fields["affinity_max_wait_s"].default
     assert (rules.max_queue, rules.damping_s) == (
         fields["affinity_max_queue"].default,
         fields["affinity_damping_s"].default,
     )
-    assert backlog_age_s() == WorkerSettings.model_fields["reorder_max_age_s"].default
-    assert not lorafarm_rules(affinity=False).affinity
+    assert product.backlog_age_s == WorkerSettings.model_fields["reorder_max_age_s"].default
+    assert product.host_cache == WorkerSettings.model_fields["host_cache_bytes"].default // 23_400_000
+    assert not product.rules(affinity=False).affinity
 
 
-def test_the_simulated_pool_follows_the_router_settings(
-    trace: list[simulate.Request], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Change a placement default in the settings and the simulated lorafarm changes with it."""
+def test_a_what_if_setting_reaches_the_simulated_pool(trace: list[simulate.Request]) -> None:
+    """Change a placement setting and the simulated lorafarm changes with it."""
     before = fleet_run(policies(COSTS, 0)["lorafarm"], trace, FLEET, HORIZON)
-    patient = RouterSettings.model_construct(affinity_max_wait_s=60.0, affinity_max_queue=10)
-    monkeypatch.setattr("bench.policies.ROUTER", patient)
-    after = fleet_run(policies(COSTS, 0)["lorafarm"], trace, FLEET, HORIZON)
+    patient = Product.defaults({"affinity_max_wait_s": "60", "affinity_max_queue": "10"})
+    assert (patient.rules().max_wait_s, patient.rules().max_queue) == (60.0, 10)
+    after = fleet_run(policies(COSTS, 0, patient)["lorafarm"], trace, FLEET, HORIZON)
     assert after.latencies != before.latencies
+    with pytest.raises(ValueError, match="neither"):
+        Product.defaults({"no_such_field": "1"})
