@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import TypeAdapter
+from pydantic_settings import BaseSettings
 
 from router.placement import PlacementRules, WorkerView, choose_worker
 from router.settings import RouterSettings, placement_rules
@@ -41,12 +42,13 @@ class Product:
         """The settings classes' defaults, not this shell's environment (``model_construct``),
         with what-if ``overrides`` (field name -> value as an environment variable would give it)."""
         router, worker = RouterSettings.model_construct(), WorkerSettings.model_construct()
-        updates: dict[type, dict[str, Any]] = {RouterSettings: {}, WorkerSettings: {}}
+        updates: dict[type[BaseSettings], dict[str, Any]] = {RouterSettings: {}, WorkerSettings: {}}
         for name, text in (overrides or {}).items():
             cls_ = next((c for c in updates if name in c.model_fields), None)
             if cls_ is None:
                 raise ValueError(f"{name} is a field of neither RouterSettings nor WorkerSettings")
-            updates[cls_][name] = TypeAdapter(cls_.model_fields[name].annotation).validate_python(text)
+            kind: Any = cls_.model_fields[name].annotation
+            updates[cls_][name] = TypeAdapter(kind).validate_python(text)
         return cls(router.model_copy(update=updates[RouterSettings]), worker.model_copy(update=updates[WorkerSettings]))
 
     def rules(self, *, affinity: bool = True) -> PlacementRules:
