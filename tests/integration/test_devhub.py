@@ -316,6 +316,7 @@ def test_sd15_lora_changes_the_image(devhub_url: str, hf_cache: Path) -> None:
     assert np.abs(generate(pipe) - base).mean() > 3.0
 
 
+@pytest.mark.slow
 def test_swap_loras_differ_from_each_other(sdxl: StableDiffusionXLPipeline, zoo_dir: Path) -> None:
     images = []
     for name in ("a", "b", "c"):
