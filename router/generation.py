@@ -20,7 +20,7 @@ from fastapi import Request
 from common import errors
 from common.hub import Destination, HubResolver, validate_repo_id
 from common.schemas import ImageFormat, InferenceRequest, Job, JobResult
-from router.jobs import MAX_BODY_BYTES, build_job, compose, random_seed
+from router.jobs import MAX_BODY_BYTES, build_job, check_family, compose, random_seed
 from router.queue import JobQueue
 from router.services import Services
 
@@ -121,6 +121,7 @@ async def plan_job(
 async def enqueue(svc: Services, job: Job) -> str:
     """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream."""
     workers = await svc.queue.live_workers(job.pool)
+    check_family(job, workers)
     target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if svc.settings.affinity else None
     return await svc.queue.submit(job, worker_id=target, workers=workers)
 

@@ -22,6 +22,7 @@ import redis
 from common.connections import sync_client
 from lorafarm.farm import Farm, FarmConfig
 from tests.polling import wait_until
+from tests.reliability.figures import Figures, Value
 from tests.reliability.steady import SteadyLoad
 from tests.reliability.tools import SDXL, assert_clean, assert_error, body, post, worker_logs
 
@@ -150,16 +151,20 @@ def run_failover(farm: Farm, *, lose_disk: bool) -> tuple[SteadyLoad, Failover]:
     return load, failover
 
 
-def figures(load: SteadyLoad, failover: Failover) -> str:
+def measured(load: SteadyLoad, failover: Failover) -> dict[str, Value]:
+    """Seconds from the kill to the new primary, to the old one back in sync, to the first job accepted."""
     first = min(a.answered for a in load.accepted("async") if a.sent > failover.killed)
-    return (
-        f"promoted_s={failover.promoted - failover.killed:.2f} rejoined_s={failover.rejoined - failover.killed:.2f} "
-        f"first_accepted_s={first - failover.killed:.2f} outcomes={dict(load.outcomes())}"
-    )
+    outcomes = load.outcomes()
+    return {
+        "promoted_s": round(failover.promoted - failover.killed, 2),
+        "rejoined_s": round(failover.rejoined - failover.killed, 2),
+        "first_accepted_s": round(first - failover.killed, 2),
+        "answers": ", ".join(f"{n} x {outcome}" for outcome, n in sorted(outcomes.items())),
+    }
 
 
 @pytest.mark.timeout(300)
-def test_primary_killed_under_load(ha_farm: Farm) -> None:
+def test_primary_killed_under_load(ha_farm: Farm, figures: Figures) -> None:
     farm = ha_farm
     load, failover = run_failover(farm, lose_disk=False)
     assert failover.new != failover.old
@@ -170,11 +175,11 @@ def test_primary_killed_under_load(ha_farm: Farm) -> None:
     assert all(farm.procs[name].poll() is None for name in ("router", "worker-1", "worker-2"))
     wait_until(lambda: httpx.get(f"{farm.router_url}/ready", timeout=5).status_code == 200, 30, what="/ready 200")
     assert_clean(redis_client(farm), timeout=30)
-    print(f"{figures(load, failover)} accepted_jobs={len(ids)}")
+    figures(**measured(load, failover), accepted_jobs=len(ids))
 
 
 @pytest.mark.timeout(300)
-def test_primary_killed_with_its_disk_lost(ha_farm: Farm) -> None:
+def test_primary_killed_with_its_disk_lost(ha_farm: Farm, figures: Figures) -> None:
     """The old primary's data folder is deleted before it comes back: nothing accepted is lost, and
     once it rejoins (empty, then copied from the new primary) no job runs twice."""
     farm = ha_farm
@@ -188,11 +193,11 @@ def test_primary_killed_with_its_disk_lost(ha_farm: Farm) -> None:
     time.sleep(2)  # anything the rejoined server could replay would run by now
     assert set(job_done_counts(farm, ids).values()) == {1}
     assert_clean(redis_client(farm), timeout=30)
-    print(f"{figures(load, failover)} accepted_jobs={len(ids)}")
+    figures(**measured(load, failover), accepted_jobs=len(ids))
 
 
 @pytest.mark.timeout(120)
-def test_with_the_replica_down_new_jobs_are_refused_not_accepted_unreplicated(ha_farm: Farm) -> None:
+def test_with_the_replica_down_new_jobs_are_refused_not_accepted_unreplicated(ha_farm: Farm, figures: Figures) -> None:
     farm = ha_farm
     replicated = farm.replicated
     assert replicated is not None
@@ -214,4 +219,4 @@ def test_with_the_replica_down_new_jobs_are_refused_not_accepted_unreplicated(ha
     farm.restart(replica)
     replicated.wait_replicated()
     assert post(farm, SDXL, body(seed=903)).status_code == 200
-    print(f"refused_after_s={waited:.2f}")
+    figures(refused_after_s=round(waited, 2))
