@@ -45,7 +45,7 @@ test: setup lint ## install what is missing, lint, run the whole suite (PYTEST_A
 # The contributor's loop: unit and integration tests minus those marked slow. They use the
 # session's real redis-server and devhub (fixtures) and real tiny pipelines; no farm of router and
 # worker processes, no browser.
-test-fast: setup ## unit + integration tests minus the slow-marked ones (no farm, no browser; about a minute)
+test-fast: setup ## unit + integration tests minus the slow-marked ones (no farm, no browser)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests/unit tests/integration $(PYTEST_ARGS)
 
 # The figures docs/RELIABILITY.md quotes: the reliability suite records them as it runs

@@ -5,13 +5,15 @@ A script runs atomically in Redis, and inside it keys and arguments are only pos
 out its KEYS and ARGV, so callers name what they pass and the positions live here alone: the Lua
 names every position on its first lines, and the call lists them in the same order.
 
-The router runs ``Submit`` and ``Unqueue`` (asyncio client); the worker runs ``Publish``,
-``HandBack`` and ``Forget`` (synchronous client).
+The router runs ``Submit``, ``Unqueue`` and ``Withdraw`` (asyncio client); the worker runs
+``Publish``, ``HandBack`` and ``Forget`` (synchronous client). A call given ``client`` runs there
+instead of on the client the script was registered with: one connection of it, or a pipeline
+(the reply then comes from ``execute``), where a ``WAIT`` after the script confirms its writes.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -63,6 +65,7 @@ return id
         job: str,
         queued: str,
         ttl_s: int,
+        client: Any = None,
     ) -> bytes | str | None:
         """The new entry's id, or None when ``counted`` already hold ``bound`` entries.
 
@@ -73,7 +76,7 @@ return id
         key_list = [shared, status, entry, *(placed or ()), *counted]
         # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag.
         args: list[EncodableT] = [bound, job, queued, ttl_s, "1" if placed else "0"]
-        return await self._script(keys=key_list, args=args)
+        return await self._script(keys=key_list, args=args, client=client)
 
 
 class Unqueue:
@@ -92,12 +95,42 @@ return n
     def __init__(self, client: aioredis.Redis) -> None:
         self._script = client.register_script(self.LUA)
 
-    async def __call__(self, *, stream: str, status: str, entry_id: str, cancelled: str, ttl_s: int) -> bool:
+    async def __call__(
+        self, *, stream: str, status: str, entry_id: str, cancelled: str, ttl_s: int, client: Any = None
+    ) -> bool:
         """True when the entry was removed unclaimed (and the status set to ``cancelled``)."""
         # KEYS[1] the stream the entry is on, KEYS[2] job status.
         # ARGV[1] group, ARGV[2] entry id, ARGV[3] cancelled status JSON, ARGV[4] TTL (s).
-        removed = await self._script(keys=[stream, status], args=[keys.WORKER_GROUP, entry_id, cancelled, ttl_s])
+        args: list[EncodableT] = [keys.WORKER_GROUP, entry_id, cancelled, ttl_s]
+        removed = await self._script(keys=[stream, status], args=args, client=client)
         return bool(removed)
+
+
+class Withdraw:
+    """Take back a job that was never accepted: its entry removed (or, if a worker holds it, marked
+    cancelled, so that the worker drops it unrun), its status and entry hash deleted."""
+
+    LUA = """
+local stream, status, entry, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, entry_id, ttl = ARGV[1], ARGV[2], ARGV[3]
+local ok, pending = pcall(redis.call, 'XPENDING', stream, group, entry_id, entry_id, 1)
+if ok and #pending > 0 then
+  redis.call('SET', cancel, '1', 'EX', ttl)
+else
+  redis.call('XDEL', stream, entry_id)
+end
+redis.call('DEL', status, entry)
+return 1
+"""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    async def __call__(self, *, stream: str, status: str, entry: str, cancel: str, entry_id: str, ttl_s: int) -> None:
+        """Withdraw entry ``entry_id`` of ``stream``: the job is as if never submitted."""
+        # KEYS[1] the stream the entry is on, KEYS[2] job status, KEYS[3] job entry hash, KEYS[4] cancel mark.
+        # ARGV[1] group, ARGV[2] entry id, ARGV[3] cancel mark TTL (s).
+        await self._script(keys=[stream, status, entry, cancel], args=[keys.WORKER_GROUP, entry_id, ttl_s])
 
 
 class Publish:
@@ -130,13 +163,14 @@ return 1
         image: bytes | None,
         final: str,
         ttl_s: int,
+        client: Any = None,
     ) -> bool:
         """False when a result was written already (nothing changes then)."""
         # KEYS[1] job result hash, KEYS[2] job done list, KEYS[3] job status, KEYS[4] job events channel.
         # ARGV[1] result JSON, ARGV[2] whether there is an image ('1' or '0': an empty image is one),
         # ARGV[3] image bytes, ARGV[4] TTL (s), ARGV[5] final status JSON.
         args: list[EncodableT] = [meta, "1" if image is not None else "0", image or b"", ttl_s, final]
-        return bool(self._script(keys=[result, done, status, events], args=args))
+        return bool(self._script(keys=[result, done, status, events], args=args, client=client))
 
 
 class HandBack:

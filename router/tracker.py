@@ -19,6 +19,9 @@ from common import keys
 from common.connections import redis_errors
 from common.schemas import JobStatus
 
+#: Seconds to wait for Redis to confirm a subscription.
+SUBSCRIBE_TIMEOUT_S = 5.0
+
 # Delete the key only while it still names this job (a retry may have bound it since).
 _UNBIND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -83,10 +86,14 @@ class JobTracker:
     @asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[PubSub]:
         """The job's event channel, subscribed (read the stored status *after* this to miss nothing)."""
-        pubsub = self.events.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.events.pubsub()
         try:
             async with redis_errors():
                 await pubsub.subscribe(keys.job_events(job_id))
+                # Take the confirmation now: read later, it would look like a quiet second and
+                # send the caller to the stored status, past messages already waiting behind it.
+                await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+            pubsub.ignore_subscribe_messages = True
             yield pubsub
         finally:
             # Shielded: a client that goes away cancels the stream, and an unshielded close would

@@ -12,9 +12,7 @@ import signal
 import threading
 from typing import Any
 
-import redis
-
-from common.connections import sync_client
+from common.connections import OUTAGES, sync_client
 from worker.loop import Worker
 from worker.metrics import WorkerMetrics
 from worker.pipeline import resolve_device
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = WorkerMetrics(settings.bases)
     # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
-    client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
+    client = sync_client(settings.redis_target(), socket_timeout=settings.block_ms / 1000 + 5)
     try:
         bases = load_bases(settings, client, metrics)
     except (BaseDoesNotFit, ValueError) as exc:
@@ -81,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         beat_stop.set()
         beat.join(timeout=settings.heartbeat_s + 1)
         try:
+            if worker.settle_again():
+                log.warning("event=unsettled_at_exit jobs=%d (peers take them over)", len(worker.unsettled))
             worker.hand_back()
             worker.deregister()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except OUTAGES:
             pass
         log.info("event=worker_stopped worker=%s jobs_done=%d", settings.worker_id, worker.jobs_done)
 

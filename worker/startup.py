@@ -56,7 +56,13 @@ def serve_bases(
     weights = {name: BaseWeights(pipe, device, pin=len(pipes) > 1) for name, (pipe, _) in pipes.items()}
     bases = Bases(Tiers(budgets(settings, device, weights)), on_switch=metrics.base_switch)
     for name, (pipe, swapper) in pipes.items():
-        queue = WorkerQueue(client, name, settings.worker_id, max_deliveries=settings.max_deliveries)
+        queue = WorkerQueue(
+            client,
+            name,
+            settings.worker_id,
+            max_deliveries=settings.max_deliveries,
+            replication=settings.replication(),
+        )
         bases.add(BaseSlot(name, settings.for_base(name), queue, pipe, swapper, weights[name]))
         metrics.watch_base(functools.partial(bases.tiers.tier_bytes, name), name)
         if isinstance(swapper, EngineSwapper) and settings.swap_mode == "auto":
