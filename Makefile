@@ -9,13 +9,14 @@ STAMP  := $(VENV)/.installed
 # A CPU build of torch is offered to pip on this kind of machine; a GPU host installs the normal wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help setup system-deps run test test-fast lint format bench-swap bench-load deploy-check clean
+.PHONY: help setup system-deps run test test-fast lint format bench-swap bench-swap-flux bench-load deploy-check clean
 
 help:
 	@echo "make run           serve the tiny demo zoo (redis, devhub, router, workers) on 127.0.0.1:8888"
 	@echo "make test          install what is missing and run the whole suite"
 	@echo "make lint          ruff + mypy"
 	@echo "make bench-swap    swap engine benchmark (SDXL-shaped UNet)"
+	@echo "make bench-swap-flux  the same on FLUX.1-dev-shaped transformer blocks (BENCH_ARGS=\"--device cuda --blocks 19,38\" on a GPU)"
 	@echo "make bench-load    load benchmark (Zipf trace, reference vs lorafarm)"
 	@echo "make deploy-check  validate compose, Dockerfiles and Kubernetes manifests offline"
 
@@ -56,6 +57,9 @@ format: $(STAMP)
 
 bench-swap: setup
 	$(PY) -m bench.swap $(BENCH_ARGS)
+
+bench-swap-flux: setup
+	$(PY) -m bench.swap --family flux $(BENCH_ARGS)
 
 bench-load: setup
 	$(PY) -m bench.load $(BENCH_ARGS)
