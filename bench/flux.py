@@ -178,6 +178,8 @@ def report(results: list[dict[str, Any]], *, device: str, blocks: tuple[int, int
 def _step_lines(results: list[dict[str, Any]]) -> list[str]:
     lines = []
     for res in results:
+        if res.get("peak_gpu_gib") is not None:
+            lines.append(f"peak GPU memory, {res['rows'][0]['method']}: {res['peak_gpu_gib']:.1f} GiB")
         if res.get("base_step_s") is None:
             continue
         for row in res["rows"][:1]:
