@@ -1,4 +1,5 @@
-"""The Inference API routes (generate by repo path or ``lora`` header), health, readiness, status.
+"""The Inference API routes (generate by repo path or ``lora`` header), a model's pool and family,
+health, readiness, status.
 
 The job API (``router.api_jobs``) generates through the same ``router.generation``; the widget
 pages are ``router.widget``.
@@ -24,8 +25,9 @@ from router.generation import (
     image_headers,
     plan_job,
     read_body,
+    resolve_all,
 )
-from router.jobs import MEDIA_TYPES, parse_body, pick_format, pool_family
+from router.jobs import MEDIA_TYPES, compose, parse_body, pick_format, pool_family
 from router.services import authorize, services
 
 # --- OpenAPI declarations -----------------------------------------------------------------
@@ -57,6 +59,21 @@ class PoolStatus(BaseModel):
     family: str | None = None
     queue_depth: int
     workers: list[WorkerState]
+
+
+class ModelInfo(BaseModel):
+    """Where a request for a model goes, and what its pool's family takes (the widget reads it)."""
+
+    model: str
+    #: The served base whose pool takes the model's jobs.
+    pool: str
+    adapter: bool
+    #: The pool's family as its live workers announce it; ``None`` while none is live.
+    family: str | None = None
+    negative_prompt: bool = True
+    #: Why a negative prompt is refused; empty when it is taken.
+    negative_prompt_refused: str = ""
+    size_multiple: int | None = None
 
 
 class FarmStatus(BaseModel):
@@ -106,6 +123,34 @@ async def generate_default(
     body = parse_body(await read_body(request))
     base = services(request).settings.base
     return await _generate(request, (lora or "").strip() or base, body, prefer=(base,))
+
+
+_MODEL_ERRORS = [e for e in ENQUEUE_ERRORS if e not in (errors.QueueFull, errors.NoWorker)]
+
+
+@api.get(
+    "/models/{repo_id:path}",
+    response_model=ModelInfo,
+    summary="The pool a model's requests go to and the parameters its family takes",
+    responses=responses(*_MODEL_ERRORS),
+    dependencies=[Depends(authorize)],
+)
+async def model_info(repo_id: str, request: Request) -> ModelInfo:
+    svc = services(request)
+    main, _ = await resolve_all(svc.resolver, repo_id, [], ())
+    pool, adapters = compose(main, [], lora_scale=None)
+    family = pool_family(await svc.queue.live_workers(pool))
+    info = ModelInfo(model=repo_id, pool=pool, adapter=bool(adapters))
+    if family is None:
+        return info
+    return info.model_copy(
+        update={
+            "family": family.name,
+            "negative_prompt": family.negative_prompt,
+            "negative_prompt_refused": family.no_negative_prompt,
+            "size_multiple": family.size_multiple,
+        }
+    )
 
 
 @api.get("/health", response_model=Health, summary="The process is alive (no I/O)")

@@ -50,7 +50,7 @@ async def test_api_key(app_client: AppClient, workers: Workers) -> None:
 async def test_unknown_route_and_method(app_client: AppClient) -> None:
     async with app_client() as client:
         missing = await client.get("/nope")
-        method = await client.get("/models/tiny/sdxl-base")
+        method = await client.put("/models/tiny/sdxl-base")
     assert_error(missing, 404, "not_found")
     assert_error(method, 405, "method_not_allowed")
 
