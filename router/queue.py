@@ -22,7 +22,9 @@ from common import errors, keys
 from common.connections import redis_errors
 from common.protocol import no_stream, read_result, text, unclaimed_start
 from common.schemas import Job, JobResult, JobStatus, WorkerState
-from common.scripts import Placement, Submit, Unqueue
+from common.scripts import Placement, Submit, TenantJob, Unqueue
+from common.shares import Quota, TenantKeys
+from router.admission import job_time_s
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,15 @@ class JobQueue:
         return states
 
     async def streams(self, pool: str) -> list[str]:
-        """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
+        """The pool's shared stream, the own streams of its workers (live or not yet adopted), and the
+        stream of the jobs parked behind their key's fair share (``common/shares.py``)."""
         async with redis_errors():
             members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
-        return [keys.pool_stream(pool), *(keys.worker_stream(pool, text(m)) for m in members)]
+        own = [keys.worker_stream(pool, text(m)) for m in members]
+        return [keys.pool_stream(pool), *own, keys.pool_parked(pool)]
 
     async def depth(self, pool: str) -> int:
-        """Jobs of the pool waiting or in hand, on all its streams."""
+        """Jobs of the pool waiting (parked too) or in hand, on all its streams."""
         streams = await self.streams(pool)
         async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)
@@ -105,11 +109,21 @@ class JobQueue:
         # An entry id starts with its enqueue time in milliseconds.
         return int(text(entries[0][0]).split("-")[0]) / 1000
 
-    async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
+    async def submit(
+        self,
+        job: Job,
+        *,
+        worker_id: str | None = None,
+        workers: list[WorkerState] | None = None,
+        tenant: str | None = None,
+        quota: Quota | None = None,
+    ) -> str:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
 
         ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
-        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``.
+        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``. With
+        a ``quota``, the job counts for its key (``tenant``): ``ConcurrencyLimited`` and
+        ``KeyQueueFull`` past it, and the job parks past the key's fair share.
         """
         if workers is None:
             workers = await self.live_workers(job.pool)
@@ -118,24 +132,45 @@ class JobQueue:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
         placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
         counted = await self.streams(job.pool)
+        slot = None
+        if tenant is not None and quota is not None:
+            job = job.model_copy(update={"tenant": tenant})
+            expiry = (job.deadline or time.time() + keys.RESULT_TTL_S) + keys.TENANT_SLOT_SLACK_S
+            slot = TenantJob(name=tenant, keys=TenantKeys.of(job.pool, tenant), quota=quota, expiry=expiry)
         async with redis_errors():
-            entry_id = await self._submit(
+            outcome, entry_id = await self._submit(
                 shared=keys.pool_stream(job.pool),
                 status=keys.job_status(job.id),
                 entry=keys.job_entry(job.id),
                 counted=counted,
                 placed=placed,
+                tenant=slot,
                 bound=self.queue_max,
-                job=job.model_dump_json(),
+                job=job,
                 queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
                 ttl_s=keys.RESULT_TTL_S,
             )
         if entry_id is None:
-            raise errors.QueueFull(
-                f"the queue of {job.pool} is full ({self.queue_max} jobs)",
-                retry_after=drain_estimate(self.queue_max, workers),
+            raise self._refusal(outcome, job, tenant, quota, workers)
+        return entry_id
+
+    def _refusal(
+        self, outcome: str, job: Job, tenant: str | None, quota: Quota | None, workers: list[WorkerState]
+    ) -> errors.LorafarmError:
+        """The error of a submit the script refused (``outcome``: the limit it met)."""
+        drain = drain_estimate(self.queue_max, workers)
+        if outcome == "concurrency_limited" and quota is not None:
+            retry = job_time_s([w.inference_s for w in workers])
+            return errors.ConcurrencyLimited(
+                f"key {tenant} has {quota.concurrency} unfinished jobs, its concurrency limit", retry_after=retry
             )
-        return text(entry_id)
+        if outcome == "key_queue_full" and quota is not None:
+            return errors.KeyQueueFull(
+                f"key {tenant} holds {quota.pool_cap} jobs of the queue of {job.pool}, its share; other keys "
+                "still get in",
+                retry_after=drain,
+            )
+        return errors.QueueFull(f"the queue of {job.pool} is full ({self.queue_max} jobs)", retry_after=drain)
 
     async def wait(
         self,
@@ -181,16 +216,20 @@ class JobQueue:
         return None if raw is None else JobStatus.model_validate_json(raw)
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel the job: workers drop it unrun. True when it was removed from its stream unclaimed."""
+        """Cancel the job: workers drop it unrun. True when it was removed from its stream unclaimed
+        (or from where it was parked)."""
         async with redis_errors():
             await self.redis.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
-            where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+            where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
             if where[0] is None or where[1] is None:
                 return False
+            pool, tenant = where[2], where[3]
             return await self._unqueue(
                 stream=text(where[0]),
                 status=keys.job_status(job_id),
                 entry_id=text(where[1]),
+                job_id=job_id,
+                tenant=TenantKeys.of(text(pool), text(tenant)) if pool is not None and tenant is not None else None,
                 cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
                 ttl_s=keys.RESULT_TTL_S,
             )

@@ -206,7 +206,7 @@ class Worker:
         )
 
     def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
-        if not self.queue.publish_result(result, image):
+        if not self.queue.publish_result(result, image, delivery.job):
             log.info("event=duplicate_result job=%s", result.job_id)
         self.queue.ack(delivery.entry_id, delivery.stream)
         self.metrics.job(result.status)

@@ -20,6 +20,7 @@ from common import keys
 from common.protocol import no_stream, terminal_status, text, unclaimed_start
 from common.schemas import Job, JobResult, JobStatus, WorkerState
 from common.scripts import HandBack, Publish
+from common.shares import TenantKeys
 from worker import deadletter
 from worker.adoption import Adoption
 
@@ -184,8 +185,13 @@ class WorkerQueue:
         pipe.publish(keys.job_events(status.job_id), raw)
         pipe.execute()
 
-    def publish_result(self, result: JobResult, image: bytes | None) -> bool:
-        """Write the job's result once and wake its waiter; False when a result was already written."""
+    def publish_result(self, result: JobResult, image: bytes | None, job: Job | None = None) -> bool:
+        """Write the job's result once and wake its waiter; False when a result was already written.
+
+        ``job``: the job settled, when known; a key's job then gives its place back to its key
+        (its concurrency, its fair share: ``common/shares.py``).
+        """
+        tenant = job.tenant if job is not None else None
         return self._publish(
             result=keys.job_result(result.job_id),
             done=keys.job_done(result.job_id),
@@ -195,6 +201,8 @@ class WorkerQueue:
             image=image,
             final=terminal_status(result).model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
+            job_id=result.job_id,
+            tenant=TenantKeys.of(self.pool, tenant) if tenant else None,
         )
 
     def ack(self, entry_id: str, stream: str | None = None) -> None:
@@ -267,7 +275,7 @@ class WorkerQueue:
             worker_id=self.worker_id,
         )
         error = f"the job failed on {tries} deliveries and was dropped"
-        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None)
+        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None, job)
         self.ack(delivery.entry_id, delivery.stream)
 
     def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
