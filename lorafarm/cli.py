@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from lorafarm import apikeys, generate
+from lorafarm import generate
 from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
 from lorafarm.supervisor import Backoff, Supervisor
+from router import keyring
 
 ZOO_STAMP = ".zoo-built"
 
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     generate.add_arguments(p_gen)
     p_gen.set_defaults(func=generate.run)
     p_keys = sub.add_parser("keys", help="API keys of tenants, each with its limits (add prints the key once)")
-    apikeys.add_arguments(p_keys)
-    p_keys.set_defaults(func=apikeys.run)
+    keyring.add_arguments(p_keys)
+    p_keys.set_defaults(func=keyring.run)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -52,7 +52,9 @@ class JobView(BaseModel):
     model: str | None = Field(default=None, description="Repo id named (in the answer to `POST /jobs`).")
     seed: int | None = Field(default=None, description="Seed used (in the answer to `POST /jobs`).")
     position: int | None = Field(
-        default=None, description="While queued: jobs ahead of it in its pool's queue (waiting or in hand)."
+        default=None,
+        description="While queued: jobs ahead of it in its pool's queue (waiting or in hand); for a job "
+        "parked behind its key's fair share, its own key's jobs ahead of it.",
     )
     step: int | None = Field(default=None, description="While running: denoising steps done.")
     steps: int | None = Field(default=None, description="While running: denoising steps in all.")

@@ -28,7 +28,7 @@ import pytest
 from common import keys
 from common.schemas import JobStatus
 from lorafarm.farm import REPO_ROOT, Farm
-from tests.reliability.conftest import restarted_router
+from tests.reliability.conftest import farm_with, restarted_router
 from tests.reliability.tools import SDXL, assert_clean, assert_error, body, log, redis_client
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,12 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def routers(farm: Farm) -> Iterator[list[str]]:
-    """The farm's router restarted with the key ring, and a second router beside it; their URLs."""
+    """The farm's two workers, its router restarted with the key ring and a second router beside it; their URLs.
+
+    The workers are made ready first: with the key ring on, ``/status`` (which the farm's
+    readiness checks read) wants a key.
+    """
+    farm_with(farm, 2)
     with restarted_router(farm, ENV):
         second = farm.start_router("router-2", ENV)
         try:
@@ -76,9 +81,8 @@ def figures(**values: Any) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_another_key_is_served(
-    two_workers: Farm, routers: list[str]
+    farm: Farm, routers: list[str]
 ) -> None:
-    farm = two_workers
     rate, burst, seconds = 1.0, 2, 6.0
     burster, burst_key = new_key(farm, "burst", "--rate", "1", "--burst", str(burst), "--concurrency", "4")
     _steady, steady_key = new_key(farm, "steady", "--rate", "1", "--burst", "2", "--concurrency", "4")
@@ -136,8 +140,7 @@ def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_anothe
 
 
 @pytest.mark.timeout(180)
-def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(two_workers: Farm, routers: list[str]) -> None:
-    farm = two_workers
+def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, routers: list[str]) -> None:
     client = redis_client(farm)
     _a, a_key = new_key(farm, "deep")
     _b, b_key = new_key(farm, "light")
@@ -181,9 +184,7 @@ def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(two_workers: 
 
 
 @pytest.mark.timeout(60)
-def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(
-    one_worker: Farm, routers: list[str]
-) -> None:
+def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(one_worker: Farm, routers: list[str]) -> None:
     farm = one_worker
     name, key = new_key(farm, "revoked")
     listed = lorafarm_keys(farm, "list").stdout

@@ -1,4 +1,5 @@
-"""``lorafarm keys add|list|revoke``: the API keys of the key ring in Redis (``LORAFARM_TENANT_KEYS``).
+"""``lorafarm keys add|list|revoke`` (or ``python -m router.keyring ...`` in a router image): the API
+keys of the key ring in Redis (``LORAFARM_TENANT_KEYS``).
 
 ``add NAME`` prints the new key once, on standard output alone (``KEY=$(lorafarm keys add acme)``);
 Redis keeps only its SHA-256. Every router sees a new key at once and a revoked one within its
@@ -85,3 +86,13 @@ def _limits(tenant: Tenant) -> str:
     rate = f"rate {tenant.rate_per_s:g}/s burst {tenant.capacity}" if tenant.rate_per_s else "no rate limit"
     concurrency = f"concurrency {tenant.concurrency}" if tenant.concurrency else "no concurrency limit"
     return f"{rate}, {concurrency}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m router.keyring", description="API keys of the key ring.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
