@@ -38,7 +38,7 @@ ENV = {"LORAFARM_TENANT_KEYS": "true", "LORAFARM_KEY_CACHE_S": "2", "LORAFARM_QU
 #: Jobs one key may have on the pool's streams per worker (the default), so 4 with the farm's two.
 SHARE_PER_WORKER = 2
 #: Steps of the fairness test's jobs: long enough that 30 of them queue for several seconds.
-STEPS = 8
+STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -83,27 +83,27 @@ def figures(**values: Any) -> None:
 def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_another_key_is_served(
     farm: Farm, routers: list[str]
 ) -> None:
+    """The burst goes through the job API, so each answer comes as soon as the router decided it."""
     rate, burst, seconds = 1.0, 2, 6.0
     burster, burst_key = new_key(farm, "burst", "--rate", "1", "--burst", str(burst), "--concurrency", "4")
     _steady, steady_key = new_key(farm, "steady", "--rate", "1", "--burst", "2", "--concurrency", "4")
-    bursts: list[tuple[int, httpx.Response]] = []
+    bursts: list[tuple[int, float, httpx.Response]] = []
     steady: list[tuple[float, httpx.Response]] = []
-
-    def send(i: int, key: str) -> httpx.Response:
-        url = f"{routers[i % 2]}/models/{SDXL}"
-        return httpx.post(url, json=body(steps=4, seed=i), headers=bearer(key), timeout=60)
+    started = time.monotonic()
 
     def burst_at(i: int) -> None:
-        bursts.append((i % 2, send(i, burst_key)))
+        url = f"{routers[i % 2]}/jobs"
+        resp = httpx.post(url, json=body(steps=4, seed=i), headers=bearer(burst_key), timeout=60)
+        bursts.append((i % 2, time.monotonic() - started, resp))
 
     def steady_client() -> None:
         for i in range(int(seconds / 1.5)):  # one request every 1.5 s: within its rate of 1/s
-            start = time.perf_counter()
-            resp = send(i, steady_key)
-            steady.append((time.perf_counter() - start, resp))
-            time.sleep(max(0.0, 1.5 - (time.perf_counter() - start)))
+            start = time.monotonic()
+            url = f"{routers[i % 2]}/models/{SDXL}"
+            resp = httpx.post(url, json=body(steps=4, seed=i), headers=bearer(steady_key), timeout=60)
+            steady.append((time.monotonic() - start, resp))
+            time.sleep(max(0.0, 1.5 - (time.monotonic() - start)))
 
-    started = time.monotonic()
     client = threading.Thread(target=steady_client)
     client.start()
     with ThreadPoolExecutor(32) as pool:
@@ -111,35 +111,42 @@ def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_anothe
             pool.submit(burst_at, i)
             time.sleep(max(0.0, started + (i + 1) / (rate * 10) - time.monotonic()))
     client.join()
-    elapsed = time.monotonic() - started
 
-    admitted = [r for _, r in bursts if r.status_code == 200]
-    refused = [r for _, r in bursts if r.status_code != 200]
+    answers = [r for _, _, r in bursts]
+    refused = [r for r in answers if r.status_code != 202]
     for resp in refused:
         answer = assert_error(resp, 429, resp.json().get("error_type", "?"))
         assert answer["error_type"] in ("rate_limited", "concurrency_limited"), answer
         assert burster in answer["error"]
     limited = [r for r in refused if r.json()["error_type"] == "rate_limited"]
     assert limited and all(r.headers["x-ratelimit-remaining"] == "0" for r in limited)
-    assert {router for router, r in bursts if r.status_code == 429} == {0, 1}  # both routers refuse
-    # One bucket for both routers: what it held, plus what it refilled over the run (one slack token).
-    assert len(admitted) <= burst + rate * elapsed + 1, (len(admitted), elapsed)
+    assert {router for router, _, r in bursts if r in limited} == {0, 1}  # both routers refuse
+    # One bucket for both routers: what passed the rate (enqueued, or refused after it for its
+    # concurrency) is what the bucket held plus what it refilled until the last answer, one token
+    # of slack. A bucket per router would have let about twice as many through.
+    span = max(t for _, t, _ in bursts)
+    passed = len(answers) - len(limited)
+    assert passed <= burst + rate * span + 1, (passed, span)
     assert [r.status_code for _, r in steady] == [200] * len(steady), [r.text for _, r in steady]
     waits = [w for w, _ in steady]
+    job_s = statistics.median(float(r.headers["x-compute-time"]) for _, r in steady)
     figures(
-        burst_sent=len(bursts),
-        burst_admitted=len(admitted),
+        burst_sent=len(answers),
+        burst_span_s=round(span, 1),
+        burst_passed_rate=passed,
+        burst_bound=round(burst + rate * span + 1, 1),
+        burst_enqueued=len(answers) - len(refused),
         burst_rate_limited=len(limited),
         burst_concurrency_limited=len(refused) - len(limited),
-        run_s=round(elapsed, 1),
         other_served=f"{len(steady)}/{len(steady)}",
         other_wait_median_s=round(statistics.median(waits), 2),
         other_wait_max_s=round(max(waits), 2),
+        job_compute_median_s=round(job_s, 2),
     )
-    assert_clean(redis_client(farm), timeout=30)
+    assert_clean(redis_client(farm), timeout=60)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, routers: list[str]) -> None:
     client = redis_client(farm)
     _a, a_key = new_key(farm, "deep")
@@ -176,16 +183,16 @@ def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, r
     # Ahead of b: a's share on the streams at most, and the one a worker may start as b is claimed.
     assert a_meanwhile <= share + 2, a_meanwhile
     assert a_before + a_meanwhile < 30  # not after a's 30
-    deadline = time.monotonic() + 90
-    while started(a_ids) < 30 or client.exists(keys.pool_parked(SDXL)):
-        assert time.monotonic() < deadline, "a's jobs did not all run"
+    deadline = time.monotonic() + 150
+    while started(a_ids) < 30 or client.xlen(keys.pool_parked(SDXL)):
+        parked = client.xlen(keys.pool_parked(SDXL))
+        assert time.monotonic() < deadline, f"{started(a_ids)} of a's jobs ran, {parked} parked"
         time.sleep(0.2)
     assert_clean(client, timeout=60)
 
 
 @pytest.mark.timeout(60)
-def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(one_worker: Farm, routers: list[str]) -> None:
-    farm = one_worker
+def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(farm: Farm, routers: list[str]) -> None:
     name, key = new_key(farm, "revoked")
     listed = lorafarm_keys(farm, "list").stdout
     assert name in listed and key not in listed
