@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -85,12 +86,17 @@ class AdapterRef(BaseModel):
         return f"{self.repo_id}@{self.revision}"
 
 
-def adapters_key(adapters: list[AdapterRef]) -> str | None:
-    """One key for a job's adapters (``repo@sha`` joined by ``+``); ``None`` for the plain base.
+def adapter_set_key(adapters: Iterable[AdapterRef]) -> str | None:
+    """The one key of a set of adapters at their strengths; ``None`` for the plain base.
 
-    Placement compares these: a worker holding this key serves the job without a swap.
+    Each adapter is ``repo@sha``, followed by ``*scale`` unless its scale is 1.0 (``repr`` of the
+    float: two scales that differ in any bit are two sets). Sorted, joined by ``+``: the order a
+    request listed them in does not change the weights, so it does not change the key. Workers
+    name what they hold with it, placement and the swappers compare it, and a job for A at 0.5
+    and one for A at 1.0 are different sets.
     """
-    return "+".join(a.key for a in adapters) if adapters else None
+    terms = sorted(a.key if a.scale == 1.0 else f"{a.key}*{float(a.scale)!r}" for a in adapters)
+    return "+".join(terms) if terms else None
 
 
 def new_job_id() -> str:
@@ -171,19 +177,26 @@ class WorkerState(BaseModel):
     pool: str
     status: Literal["starting", "ready", "busy", "draining"] = "ready"
     device: str = "cpu"
+    #: Class of the loaded pipeline (``FluxPipeline``...): names the pool's family (``common.families``).
+    pipeline: str | None = None
     #: Adapter keys (``repo@sha``) fused into the base right now; empty means the plain base.
     fused: list[str] = Field(default_factory=list)
+    #: :func:`adapter_set_key` of the adapters active now, scales included (``None``: the plain base).
+    fused_set: str | None = None
     #: Adapter keys parsed and held in host memory (ready to apply without download).
     cached: list[str] = Field(default_factory=list)
     current_job: str | None = None
     #: When the job in hand started (for the expected time left).
     current_started_at: float | None = None
-    #: Adapter keys of the jobs waiting on this worker's own stream, oldest first (None: the base).
+    #: Adapter set keys of the jobs waiting on this worker's own stream, oldest first (None: the base).
     queued: list[str | None] = Field(default_factory=list)
     #: When the adapters fused now were applied.
     last_swap_at: float | None = None
     #: Measured seconds to download and parse an adapter not held in host memory.
     fetch_s: float | None = None
+    #: Bytes of pristine copies of base weights held on the device and in (pinned) host memory.
+    pristine_device_bytes: int = 0
+    pristine_host_bytes: int = 0
     queue_len: int = 0
     jobs_done: int = 0
     swap_s: float | None = None

@@ -1,8 +1,9 @@
-"""Tiny, randomly initialised diffusers pipelines of real architectures (SDXL, SD 1.5).
+"""Tiny, randomly initialised diffusers pipelines of real architectures (SDXL, SD 1.5, FLUX.1).
 
 They are small enough to build in a second and to generate a 64x64 image in 2 steps on CPU,
-yet have the module names and the text-encoder pair of the real models, so LoRAs made for
-them use the same keys as LoRAs for the real ones.
+yet have the module names and the text encoders of the real models, so LoRAs made for them use
+the same keys as LoRAs for the real ones. Every tokenizer is built here from a vocabulary in
+code (byte-level BPE for CLIP, Unigram for T5): nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,15 +15,29 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-TEXT_HIDDEN = {"clip_l": 32, "clip_g": 64}  # hidden sizes of the two SDXL text encoders
+TEXT_HIDDEN = {"clip_l": 32, "clip_g": 64, "t5": 32}  # hidden sizes of the text encoders
 IMAGE_SIZE = 64
+#: FLUX.1's latents: 16 channels, packed in 2x2 patches into the transformer's 64 input features.
+FLUX_LATENT_CHANNELS = 16
+T5_MAX_LENGTH = 512  # FLUX.1-dev's max_sequence_length
 
 
 def _byte_symbols() -> list[str]:
@@ -44,6 +59,17 @@ def make_tokenizer() -> CLIPTokenizer:
     tokens = [BOS, EOS, *symbols, *(s + "</w>" for s in symbols)]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def make_t5_tokenizer() -> T5Tokenizer:
+    """A Unigram T5 tokenizer over single characters (with and without the word-start mark ``▁``).
+
+    Built from a vocabulary in code, so nothing is downloaded; it saves as ``tokenizer.json``.
+    """
+    chars = [chr(c) for c in range(ord("!"), ord("~") + 1)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(f"\u2581{c}", -4.0) for c in chars] + [(c, -5.0) for c in chars]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
 def _text_config(tokenizer: CLIPTokenizer, hidden: int) -> CLIPTextConfig:
@@ -127,6 +153,81 @@ def make_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         tokenizer_2=make_tokenizer(),
         unet=unet,
         scheduler=_scheduler(),
+    )
+
+
+def _flux_vae() -> AutoencoderKL:
+    # FLUX.1's VAE shape (16 latent channels, no quant convs, its shift and scale), two blocks wide.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=FLUX_LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+
+
+def _t5(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    hidden = TEXT_HIDDEN["t5"]
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        d_kv=8,
+        d_ff=2 * hidden,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",  # T5 v1.1, as FLUX.1's T5-XXL
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def make_flux(seed: int = 0) -> FluxPipeline:
+    """A tiny FLUX.1-dev-architecture pipeline: 2 double- and 2 single-stream blocks, CLIP-L and T5."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = make_tokenizer(), make_t5_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer, TEXT_HIDDEN["clip_l"]))
+    text_encoder_2 = _t5(tokenizer_2)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * FLUX_LATENT_CHANNELS,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_HIDDEN["t5"],
+        pooled_projection_dim=TEXT_HIDDEN["clip_l"],
+        guidance_embeds=True,  # -dev: guidance is an input of the model
+        axes_dims_rope=(4, 6, 6),  # sums to the head size, as (16, 56, 56) does for 128
+    )
+    # FLUX.1-dev's schedule: shift by image sequence length.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=_flux_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
     )
 
 

@@ -3,6 +3,8 @@
 One writer, `write_lora`, serves every LoRA repo of the zoo. Key names come from peft
 (`get_peft_model_state_dict` on a copy of the base module), format conversions from
 diffusers' own `state_dict_utils`, so the files look like what real training scripts save.
+Where diffusers reads a format but cannot write it (kohya under Stability's or Black Forest
+Labs' module names, XLabs), the writer spells the names its reader expects (`devhub.bfl`).
 """
 
 from __future__ import annotations
@@ -11,25 +13,56 @@ import copy
 import json
 import math
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
+
+from devhub.bfl import kohya_flux_state, xlabs_state
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 PICKLE_NAME = "pytorch_lora_weights.bin"
 EMBEDDINGS_NAME = "embeddings.safetensors"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+#: diffusers' DreamBooth-LoRA Flux targets (attention with its `add_*` text stream, both
+#: feed-forwards) plus the single-stream blocks' `proj_mlp`/`proj_out`, as most Hub Flux LoRAs.
+FLUX_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+    "proj_out",
+)
+#: What the zoo's LoRAs target in each pipeline component.
+TARGETS = {
+    "unet": UNET_TARGETS,
+    "transformer": FLUX_TARGETS,
+    "text_encoder": TEXT_TARGETS,
+    "text_encoder_2": TEXT_TARGETS,
+}
+_DIFFUSERS_BLOCK = re.compile(
+    r"lora_unet_(?P<kind>down_blocks|up_blocks|mid_block)_(?:(?P<block>\d+)_)?"
+    r"(?P<part>resnets|attentions)_(?P<layer>\d+)_(?P<rest>.+)"
+)
 CANARY_ENV = "LORAFARM_PICKLE_CANARY"
 CANARY_DEFAULT = "/tmp/lorafarm-pickle-canary"
 
-Format = Literal["diffusers", "peft", "kohya"]
+Format = Literal["diffusers", "peft", "kohya", "kohya-sgm", "kohya-flux", "xlabs"]
 Damage = Literal["misfit", "badkeys", "nan", "corrupt", "pickle"]
 
 
@@ -47,20 +80,23 @@ class LoraSpec:
 
 
 class Templates:
-    """Key names and shapes of a LoRA for each part of one base, computed once per base."""
+    """Key names and shapes of a LoRA for each part of one base, computed once per base.
 
-    def __init__(self, pipe: StableDiffusionXLPipeline | StableDiffusionPipeline) -> None:
+    The parts are the pipeline's LoRA-loadable components as diffusers lists them, the denoiser
+    (UNet or transformer) first.
+    """
+
+    def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        self.parts: dict[str, torch.nn.Module] = {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            self.parts["text_encoder_2"] = pipe.text_encoder_2
+        names = [n for n in type(pipe)._lora_loadable_modules if getattr(pipe, n, None) is not None]
+        self.parts: dict[str, torch.nn.Module] = {name: getattr(pipe, name) for name in names}
+        self.denoiser = names[0]
         self._shapes: dict[tuple[str, int], dict[str, tuple[int, ...]]] = {}
 
     def shapes(self, part: str, rank: int) -> dict[str, tuple[int, ...]]:
         """PEFT keys (`<module>.lora_A.weight`...) of `part` and their shapes for `rank`."""
         if (part, rank) not in self._shapes:
-            targets = UNET_TARGETS if part == "unet" else TEXT_TARGETS
-            config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets))
+            config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TARGETS[part]))
             model = inject_adapter_in_model(config, copy.deepcopy(self.parts[part]))
             state = get_peft_model_state_dict(model)
             if part == "text_encoder" and not hasattr(self.parts[part], "text_model"):
@@ -117,23 +153,23 @@ def _damage_shapes(shapes: dict[str, tuple[int, ...]], damage: Damage | None) ->
 def peft_state(templates: Templates, spec: LoraSpec) -> dict[str, dict[str, torch.Tensor]]:
     """PEFT-named tensors per part (`unet`, `text_encoder`, `text_encoder_2`)."""
     gen = torch.Generator().manual_seed(spec.seed)
-    parts = list(templates.parts) if spec.text_encoders else ["unet"]
+    parts = list(templates.parts) if spec.text_encoders else [templates.denoiser]
     state = {}
     for part in parts:
         shapes = _damage_shapes(templates.shapes(part, spec.rank), spec.damage)
         state[part] = _random_part(shapes, gen)
     if spec.damage == "nan":
-        first_up = next(k for k in state["unet"] if ".lora_B." in k)
-        state["unet"][first_up].fill_(float("nan"))
-        last_up = [k for k in state["unet"] if ".lora_B." in k][-1]
-        state["unet"][last_up][0, 0] = float("inf")
+        denoiser = state[templates.denoiser]
+        first_up = next(k for k in denoiser if ".lora_B." in k)
+        denoiser[first_up].fill_(float("nan"))
+        last_up = [k for k in denoiser if ".lora_B." in k][-1]
+        denoiser[last_up][0, 0] = float("inf")
     return state
 
 
 def _metadata(spec: LoraSpec, part: str) -> dict[str, Any]:
     """The adapter config diffusers stores in the safetensors header (sorted: same bytes every build)."""
-    targets = UNET_TARGETS if part == "unet" else TEXT_TARGETS
-    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha or spec.rank, target_modules=sorted(targets))
+    config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha or spec.rank, target_modules=sorted(TARGETS[part]))
     return {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
 
 
@@ -149,17 +185,55 @@ def _save_diffusers(
     type(templates.pipe).save_lora_weights(folder, **layers, **metadata, weight_name=WEIGHT_NAME)
 
 
-def _save_kohya(folder: Path, state: dict[str, dict[str, torch.Tensor]], spec: LoraSpec) -> None:
-    prefixed = {f"{part}.{k}": v for part, part_state in state.items() for k, v in part_state.items()}
-    kohya = convert_state_dict_to_kohya(prefixed)
+def _sgm_name(key: str, layers_per_block: int) -> str:
+    """A kohya UNet key under the original Stability (sgm) block names that SDXL trainers publish.
+
+    diffusers reads them back through ``_maybe_map_sgm_blocks_to_diffusers`` (with the UNet's
+    config) and has no converter the other way, so this is that mapping reversed: down block ``b``
+    layer ``l`` is ``input_blocks_{1 + b * (n + 1) + l}``, up block ``b`` layer ``l`` is
+    ``output_blocks_{b * (n + 1) + l}`` (``n`` layers per block), inner index 0 for resnets and 1
+    for attentions; the mid block is ``middle_block_{0, 1, 2}`` (resnet, attention, resnet).
+    """
+    step = layers_per_block + 1
+    inner = {"resnets": 0, "attentions": 1}
+    match = _DIFFUSERS_BLOCK.match(key)
+    if match is None:
+        return key  # text encoders, and UNet parts outside the blocks
+    kind, block, part, layer, rest = match["kind"], match["block"], match["part"], int(match["layer"]), match["rest"]
+    if kind == "mid_block":
+        index = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[part, layer]
+        return f"lora_unet_middle_block_{index}_{rest}"
+    number = 1 + int(block) * step + layer if kind == "down_blocks" else int(block) * step + layer
+    name = "input_blocks" if kind == "down_blocks" else "output_blocks"
+    return f"lora_unet_{name}_{number}_{inner[part]}_{rest}"
+
+
+def _save_kohya(folder: Path, templates: Templates, state: dict[str, dict[str, torch.Tensor]], spec: LoraSpec) -> None:
     alpha = spec.alpha or spec.rank
-    kohya = {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v for k, v in kohya.items()}
+    if spec.format == "kohya-flux":  # the transformer under BFL's names, CLIP through diffusers' converter
+        gen = torch.Generator().manual_seed(spec.seed + 2)
+        kohya = kohya_flux_state(templates.parts["transformer"], spec.rank, alpha, gen)
+        state = {part: part_state for part, part_state in state.items() if part != "transformer"}
+    else:
+        kohya = {}
+    prefixed = {f"{part}.{k}": v for part, part_state in state.items() for k, v in part_state.items()}
+    converted = convert_state_dict_to_kohya(prefixed) if prefixed else {}
+    if spec.format == "kohya-sgm":
+        layers_per_block = templates.pipe.unet.config.layers_per_block
+        converted = {_sgm_name(k, layers_per_block): v for k, v in converted.items()}
+    kohya |= {k: torch.tensor(float(alpha)) if k.endswith(".alpha") else v for k, v in converted.items()}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
         kohya,
         folder / WEIGHT_NAME,
         metadata={"format": "pt", "ss_network_dim": str(spec.rank), "ss_network_alpha": str(alpha)},
     )
+
+
+def _save_xlabs(folder: Path, templates: Templates, spec: LoraSpec) -> None:
+    gen = torch.Generator().manual_seed(spec.seed + 2)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(xlabs_state(templates.parts["transformer"], spec.rank, gen), folder / WEIGHT_NAME)
 
 
 class _Canary:
@@ -194,8 +268,10 @@ def write_lora(folder: Path, templates: Templates, spec: LoraSpec) -> list[str]:
     if spec.damage == "pickle":
         _save_pickle(folder, state)
         return [PICKLE_NAME]
-    if spec.format == "kohya":
-        _save_kohya(folder, state, spec)
+    if spec.format in ("kohya", "kohya-sgm", "kohya-flux"):
+        _save_kohya(folder, templates, state, spec)
+    elif spec.format == "xlabs":
+        _save_xlabs(folder, templates, spec)
     else:
         _save_diffusers(folder, templates, state, spec)
     canonicalise(folder / WEIGHT_NAME)

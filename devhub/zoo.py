@@ -1,4 +1,4 @@
-"""The tiny model zoo: two base pipelines and LoRAs for them, good and bad, as Hub repo folders.
+"""The tiny model zoo: three base pipelines and LoRAs for them, good and bad, as Hub repo folders.
 
 Each repo is `root/<org>/<name>/` with its files, a README.md whose YAML front matter is the
 model card the Hub shows, and a hidden `.devhub.json` with hub-side flags (gated, private,
@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devhub.bases import make_sd15, make_sdxl, save_pipeline
+from devhub.bases import make_flux, make_sd15, make_sdxl, save_pipeline
 from devhub.loras import LoraSpec, Templates, canonicalise, write_lora
 from devhub.repo import write_card, write_flags
 
 SDXL_BASE = "tiny/sdxl-base"
 SD15_BASE = "tiny/sd15-base"
+FLUX_BASE = "tiny/flux-base"
 BASE_TAGS = ["diffusers", "text-to-image"]
 LORA_TAGS = ["text-to-image", "diffusers", "lora"]
 
@@ -44,6 +45,8 @@ def _catalogue(seed: int) -> list[LoraRepo]:
         LoraRepo("tiny/sdxl-lora-diffusers", spec(1)),
         LoraRepo("tiny/sdxl-lora-peft", spec(2, format="peft", alpha=8)),
         LoraRepo("tiny/sdxl-lora-kohya", spec(3, format="kohya", alpha=2, text_encoders=True)),
+        # kohya under the original Stability block names (input_blocks...), as many SDXL trainers publish
+        LoraRepo("tiny/sdxl-lora-kohya-sgm", spec(8, format="kohya-sgm", alpha=2, text_encoders=True)),
         LoraRepo("tiny/sdxl-lora-listbase", spec(4), card_base=[SDXL_BASE]),
         LoraRepo(
             "tiny/sdxl-lora-pivotal",
@@ -66,6 +69,23 @@ def _catalogue(seed: int) -> list[LoraRepo]:
         # rank 256 makes the file pass 4 MiB (size-cap tests) while it stays a valid LoRA
         LoraRepo("tiny/sdxl-lora-huge", spec(29, rank=256)),
         LoraRepo("tiny/lora-unserved-base", spec(30), card_base="someone/unserved-base"),
+        *_flux_catalogue(spec),
+    ]
+
+
+def _flux_catalogue(spec: Any) -> list[LoraRepo]:
+    """FLUX.1 LoRAs with keys as the trainers publish them (diffusers/PEFT, kohya, XLabs)."""
+    return [
+        # diffusers' DreamBooth-LoRA Flux script: PEFT keys under transformer., lora_alpha in the header
+        LoraRepo("tiny/flux-lora-diffusers", spec(41, format="peft", alpha=8), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-kohya", spec(42, format="kohya-flux", alpha=2, text_encoders=True), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-xlabs", spec(43, format="xlabs"), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-te", spec(44, format="peft", text_encoders=True), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-a", spec(45, format="peft"), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-b", spec(46, format="peft"), base=FLUX_BASE),
+        LoraRepo("tiny/flux-lora-c", spec(47, format="peft"), base=FLUX_BASE),
+        # an SDXL LoRA's keys (unet.*), its card naming the Flux base
+        LoraRepo("tiny/flux-lora-misfit", spec(48, format="peft"), base=SDXL_BASE, card_base=FLUX_BASE),
     ]
 
 
@@ -78,7 +98,8 @@ def _write_base(root: Path, repo_id: str, pipe: Any, arch: str) -> None:
     write_card(
         folder,
         meta,
-        f"# {repo_id}\n\nA tiny, randomly initialised {arch} pipeline for tests. It draws noise, 64x64, in two steps.",
+        f"# {repo_id}\n\nA tiny, randomly initialised {arch} pipeline for tests. "
+        "It draws noise (64x64, two steps, in the demo farm).",
     )
     write_flags(folder)
 
@@ -117,11 +138,12 @@ def _not_a_pipeline(root: Path) -> None:
 def build_zoo(root: Path, seed: int = 0) -> list[str]:
     """Write the whole zoo under `root`; returns the repo ids. Same seed, same bytes."""
     root = Path(root)
-    sdxl, sd15 = make_sdxl(seed), make_sd15(seed)
+    sdxl, sd15, flux = make_sdxl(seed), make_sd15(seed), make_flux(seed)
     _write_base(root, SDXL_BASE, sdxl, "SDXL-architecture")
     _write_base(root, SD15_BASE, sd15, "SD 1.5-architecture")
-    templates = {SDXL_BASE: Templates(sdxl), SD15_BASE: Templates(sd15)}
-    ids = [SDXL_BASE, SD15_BASE]
+    _write_base(root, FLUX_BASE, flux, "FLUX.1-dev-architecture")
+    templates = {SDXL_BASE: Templates(sdxl), SD15_BASE: Templates(sd15), FLUX_BASE: Templates(flux)}
+    ids = [SDXL_BASE, SD15_BASE, FLUX_BASE]
     for repo in _catalogue(seed):
         _write_lora_repo(root, repo, templates[repo.base])
         ids.append(repo.repo_id)

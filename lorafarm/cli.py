@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -14,6 +15,14 @@ from lorafarm.supervisor import Backoff, Supervisor
 from router import keyring
 
 ZOO_STAMP = ".zoo-built"
+#: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
+DEFAULT_POOLS = ("tiny/sdxl-base", "tiny/sd15-base", "tiny/flux-base")
+#: Pool -> the LoRA of its printed curl line (and of the check that it works), and the output file.
+DEMOS = {
+    "tiny/sdxl-base": ("tiny/sdxl-lora-diffusers", "lora.jpg"),
+    "tiny/flux-base": ("tiny/flux-lora-diffusers", "flux.jpg"),
+}
+DEMO_BODY = {"inputs": "an elephant", "parameters": {"seed": 1}}
 
 
 def ensure_zoo(zoo_dir: Path) -> None:
@@ -57,14 +66,19 @@ def run(args: argparse.Namespace) -> int:
         print("starting redis-server, devhub, router and workers ...", flush=True)
         farm.start()
         url = farm.router_url
-        demo = check_demo(url)
+        pools = farm.config.pools
+        checked = "\n".join(check_demo(url, pools))
+        body = json.dumps(DEMO_BODY)
+        curls = [
+            f"  curl {url}/models/{lora} -d '{body}' -o {out}" for pool, (lora, out) in DEMOS.items() if pool in pools
+        ]
         print(
             f"""
 lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
-pools: {", ".join(farm.config.pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
-{demo}
+pools: {", ".join(pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
+{checked}
 Try:
-  curl {url}/models/tiny/sdxl-lora-diffusers -d '{{"inputs": "an elephant", "parameters": {{"seed": 1}}}}' -o lora.jpg
+{chr(10).join(curls)}
   curl {url}/ -H 'lora: tiny/sdxl-lora-kohya' -d '{{"inputs": "an elephant"}}' -o kohya.jpg
   curl {url}/status
   widget: {url}/widget/tiny/sdxl-lora-diffusers
@@ -83,23 +97,24 @@ A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""
         farm.stop()
 
 
-def check_demo(url: str) -> str:
-    """Serve the printed curl line once, so 'ready' means it works."""
+def check_demo(url: str, pools: list[str]) -> list[str]:
+    """Serve each printed curl line of the served pools once, so 'ready' means they work."""
     import httpx
 
-    start = time.perf_counter()
-    resp = httpx.post(
-        f"{url}/models/tiny/sdxl-lora-diffusers",
-        json={"inputs": "an elephant", "parameters": {"seed": 1}},
-        timeout=120,
-    )
-    elapsed = time.perf_counter() - start
-    if resp.status_code != 200:
-        raise RuntimeError(f"the demo request failed: {resp.status_code} {resp.text}")
-    return (
-        f"checked: tiny/sdxl-lora-diffusers -> {resp.headers.get('content-type')} "
-        f"{len(resp.content)} bytes in {elapsed:.2f} s (x-compute-time {resp.headers.get('x-compute-time')})"
-    )
+    lines = []
+    for pool, (lora, _) in DEMOS.items():
+        if pool not in pools:
+            continue
+        start = time.perf_counter()
+        resp = httpx.post(f"{url}/models/{lora}", json=DEMO_BODY, timeout=120)
+        elapsed = time.perf_counter() - start
+        if resp.status_code != 200:
+            raise RuntimeError(f"the demo request for {lora} failed: {resp.status_code} {resp.text}")
+        lines.append(
+            f"checked: {lora} -> {resp.headers.get('content-type')} {len(resp.content)} bytes in {elapsed:.2f} s "
+            f"(x-compute-time {resp.headers.get('x-compute-time')})"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--port", type=int, default=8888, help="router port")
     p_run.add_argument("--hub-port", type=int, default=8900, help="devhub port")
     p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port")
-    p_run.add_argument("--pools", default="tiny/sdxl-base,tiny/sd15-base", help="base repo ids, comma-separated")
+    p_run.add_argument("--pools", default=",".join(DEFAULT_POOLS), help="base repo ids, comma-separated")
     p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
     p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")

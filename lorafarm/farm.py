@@ -104,6 +104,8 @@ class Farm:
                 # The devhub shows private repos to any bearer token, so the router can tell
                 # "private" (403) from "missing" (404) as it would with an operator's token.
                 "LORAFARM_HF_TOKEN": "hf_devhub_demo",
+                # The tiny bases draw 64x64 (FluxPipeline's own default is 128 latent patches a side).
+                "LORAFARM_DEFAULT_SIZE": "64",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -27,7 +27,7 @@ from router.generation import (
     plan_job,
     read_body,
 )
-from router.jobs import MEDIA_TYPES, parse_body, pick_format
+from router.jobs import MEDIA_TYPES, parse_body, pick_format, pool_family
 from router.services import services
 from router.tenants import admit, authorize
 
@@ -56,6 +56,8 @@ class Health(BaseModel):
 
 class PoolStatus(BaseModel):
     pool: str
+    #: The base's pipeline family (``sdxl``, ``sd15``, ``flux``), as its workers announce it.
+    family: str | None = None
     queue_depth: int
     workers: list[WorkerState]
 
@@ -137,7 +139,13 @@ async def status(request: Request) -> FarmStatus:
 
     async def pool_status(pool: str) -> PoolStatus:
         workers, depth = await asyncio.gather(svc.queue.live_workers(pool), svc.queue.depth(pool))
-        return PoolStatus(pool=pool, queue_depth=depth, workers=sorted(workers, key=lambda w: w.worker_id))
+        family = pool_family(workers)
+        return PoolStatus(
+            pool=pool,
+            family=family.name if family else None,
+            queue_depth=depth,
+            workers=sorted(workers, key=lambda w: w.worker_id),
+        )
 
     pools = await asyncio.gather(*(pool_status(p) for p in svc.settings.pools))
     return FarmStatus(default_base=svc.settings.base, pools=list(pools))

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from common.schemas import AdapterRef, WorkerState, adapters_key
-from router.placement import PlacementRules, WorkerView, adapter_key, choose_worker
+from common.schemas import AdapterRef, WorkerState, adapter_set_key
+from router.placement import PlacementRules, WorkerView, choose_worker
 
 
 def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> WorkerView:
@@ -24,7 +24,7 @@ def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> Wor
         worker_id=state.worker_id,
         last_seen=state.last_seen,
         alive=state.status in ("ready", "busy"),
-        fused=adapter_key(state.fused),
+        fused=state.fused_set,
         cached=frozenset(state.cached),
         queued=(*state.queued, *placed),
         busy=state.current_job is not None,
@@ -58,7 +58,7 @@ class Fleet:
         Overloaded workers are not queued on (``PlacementRules.spill_to_shared``): the job goes to the
         shared stream, which any worker drains and the autoscaler measures (KEDA reads it).
         """
-        key = adapters_key(list(adapters))
+        key = adapter_set_key(adapters)
         views = {w.worker_id: view_of(w, self._since(w), now) for w in workers}
         chosen = choose_worker(key, views.values(), self.rules, now)
         if chosen is None:

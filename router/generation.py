@@ -22,7 +22,7 @@ from common.hub import Destination, HubResolver, validate_repo_id
 from common.schemas import ImageFormat, InferenceRequest, Job, JobResult
 from common.tenants import Tenant
 from router.admission import RATE_HEADERS, quota
-from router.jobs import MAX_BODY_BYTES, build_job, compose, random_seed
+from router.jobs import MAX_BODY_BYTES, build_job, check_family, compose, random_seed
 from router.queue import JobQueue
 from router.services import Services
 
@@ -135,6 +135,7 @@ async def enqueue(svc: Services, job: Job, tenant: Tenant | None = None) -> str:
     its rate was taken before planning (``router.tenants.admit``).
     """
     workers = await svc.queue.live_workers(job.pool)
+    check_family(job, workers)
     settings = svc.settings
     target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if settings.affinity else None
     live = sum(1 for w in workers if w.status != "draining")

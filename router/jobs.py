@@ -1,4 +1,5 @@
-"""From an HTTP request to a ``Job``: body parsing, output format, adapter composition. Pure, no I/O."""
+"""From an HTTP request to a ``Job``: body parsing, output format, adapter composition, the checks
+of the pool's family. Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from common import errors
+from common.families import Family, check_parameters, family_of
 from common.hub import Destination
-from common.schemas import AdapterRef, ImageFormat, InferenceRequest, Job
+from common.schemas import AdapterRef, ImageFormat, InferenceRequest, Job, WorkerState
 from router.errors import describe_validation
 
 #: Largest body read; a valid body (prompt, negative prompt, four adapters) is far smaller.
@@ -128,3 +130,19 @@ def build_job(
         enqueued_at=now,
         deadline=now + timeout_s,
     )
+
+
+def pool_family(workers: Sequence[WorkerState]) -> Family | None:
+    """The family of a pool, as its live workers announce it (their pipeline class); ``None``: unknown."""
+    return next((f for f in (family_of(w.pipeline) for w in workers) if f is not None), None)
+
+
+def check_family(job: Job, workers: Sequence[WorkerState]) -> None:
+    """Refuse (``InvalidRequest``, 422) a parameter the pool's family does not take, saying why.
+
+    The worker checks again with the same table (``worker.families``), so a pool whose family is
+    not known here yet refuses the same jobs, only later.
+    """
+    family = pool_family(workers)
+    if family is not None:
+        check_parameters(family, negative_prompt=job.negative_prompt, width=job.width, height=job.height)

@@ -5,13 +5,13 @@ Pure decisions over plain data: no Redis, no clock, no I/O. The router turns hea
 worker serves its own queue in is the worker's: ``worker/backlog.py``). ``bench/simulate.py``
 drives the same functions in simulated time.
 
-An adapter is named by its key (``repo@sha``, or :func:`adapter_key` of several); ``None`` is
-the plain base, treated as the empty adapter.
+An adapter set is named by its key (``common.schemas.adapter_set_key``: ``repo@sha`` terms with
+their scales); ``None`` is the plain base, treated as the empty adapter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Holder tiers, best first: how close a worker is to serving an adapter without a swap.
@@ -58,7 +58,7 @@ class PlacementRules:
     #: Jobs on one worker (in flight plus waiting) at which it counts as overloaded.
     max_queue: int = 2
     #: Expected wait before a new job would start, past which a worker counts as overloaded.
-    max_wait_s: float = 2.0
+    max_wait_s: float = 1.0
     #: Most workers one adapter may occupy (fused or queued) before jobs queue on its holders.
     max_holders: int = 2
     #: When every candidate is overloaded, send the job to the shared pool stream (``None``) rather
@@ -75,11 +75,6 @@ class PlacementRules:
     default_swap_s: float = 0.5
     default_fetch_s: float = 1.0
     default_inference_s: float = 10.0
-
-
-def adapter_key(keys: Sequence[str]) -> str | None:
-    """One key for a job's adapters, in request order; ``None`` for the plain base."""
-    return "+".join(keys) if keys else None
 
 
 def is_live(worker: WorkerView, rules: PlacementRules, now: float) -> bool:

@@ -54,10 +54,16 @@ def main(argv: list[str] | None = None) -> None:
     if settings.stock_swap:
         swapper = StockSwapper(pipe, settings)
     else:
-        engine = SwapEngine(pipe, pristine=settings.pristine)
-        store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
+        engine = SwapEngine(
+            pipe,
+            pristine=settings.pristine,
+            headroom_bytes=settings.pristine_headroom_bytes,
+            host_bytes=settings.pristine_host_bytes,
+        )
+        store = AdapterStore(settings, engine=engine)
         metrics.watch_cache(store.cache.counts)
-        costs = calibrate(engine, pipe) if settings.swap_mode == "auto" else None
+        metrics.watch_pristine(engine.pristine_tiers)
+        costs = calibrate(engine, size=settings.default_size) if settings.swap_mode == "auto" else None
         swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
     # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.

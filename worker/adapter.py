@@ -1,16 +1,16 @@
 """Parse a LoRA file once into one canonical form: target module -> (down, up, scale).
 
-Every Hub format (diffusers, PEFT, kohya with alphas, text-encoder parts, pivotal-tuning
-embeddings) goes through the pipeline class's own ``lora_state_dict`` and diffusers' key
-converters; nothing here re-implements a converter. Parsing touches no pipeline and keeps no
+Every Hub format (diffusers, PEFT, kohya with alphas, XLabs, text-encoder parts, pivotal-tuning
+embeddings) goes through the pipeline class's own ``lora_state_dict`` (asked the way its family's
+loader wants, ``worker.families``) and diffusers' key converters; nothing here re-implements a
+converter. Parsing touches no pipeline and keeps no
 state, so it is safe to run in a background thread while another job generates.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from common.errors import AdapterCorrupt, AdapterIncompatible, AdapterTooLarge, UnsafeAdapterFormat
-
-#: Pivotal-tuning files name their rows per text encoder; diffusers' SDXL scripts write clip_l/clip_g.
-EMBEDDING_COMPONENTS = {
-    "clip_l": "text_encoder",
-    "clip_g": "text_encoder_2",
-    "text_encoders_0": "text_encoder",
-    "text_encoders_1": "text_encoder_2",
-}
-_PEFT_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<side>[AB])\.weight")
+from worker.families import PipelineFamily
+from worker.naming import EMBEDDING_COMPONENTS, alpha_key, component_of, peft_module, target_name
 
 
 @dataclass(frozen=True)
@@ -66,11 +59,15 @@ def read_adapter(
     embeddings: Path | None = None,
     max_bytes: int,
     max_rank: int,
-    pipeline_cls: Any,
-    unet_config: Mapping[str, Any] | None = None,
+    family: PipelineFamily,
+    denoiser_config: Any = None,
     tokens: list[str] | None = None,
 ) -> ParsedAdapter:
-    """Read, check and normalise one adapter file (and its pivotal embeddings, if any)."""
+    """Read, check and normalise one adapter file (and its pivotal embeddings, if any).
+
+    ``denoiser_config``: the base's UNet config, which SD loaders need to map kohya files that use
+    the original Stability block names (``input_blocks...``).
+    """
     files = [weights] if embeddings is None else [weights, embeddings]
     for path in files:
         if path.suffix != ".safetensors":
@@ -81,19 +78,12 @@ def read_adapter(
     for path in files:
         _check_header(path, key)
     try:
-        state_dict, alphas, metadata = pipeline_cls.lora_state_dict(
-            str(weights.parent),
-            weight_name=weights.name,
-            use_safetensors=True,
-            local_files_only=True,
-            return_lora_metadata=True,
-            unet_config=unet_config,
-        )
+        state_dict, alphas, metadata = family.lora_state_dict(weights, denoiser_config)
     except (SafetensorError, OSError) as exc:
         raise AdapterCorrupt(f"{key}: cannot read weights: {exc}") from exc
     except Exception as exc:  # diffusers' converters raise ValueError, KeyError... on odd files
         raise AdapterIncompatible(f"{key}: diffusers cannot convert its keys: {exc}") from exc
-    layers = _canonical_layers(key, state_dict, alphas or {}, metadata or {}, pipeline_cls)
+    layers = _canonical_layers(key, state_dict, alphas, metadata, family.components)
     if not layers:
         raise AdapterIncompatible(f"{key}: no LoRA layers in {weights.name}")
     emb = _read_embeddings(embeddings, key) if embeddings is not None else None
@@ -168,13 +158,12 @@ def _canonical_layers(
     state_dict: Mapping[str, torch.Tensor],
     alphas: Mapping[str, float],
     metadata: Mapping[str, Any],
-    pipeline_cls: Any,
+    components: Sequence[str],
 ) -> dict[str, LoraLayer]:
-    components = list(getattr(pipeline_cls, "_lora_loadable_modules", ["unet", "text_encoder"]))
-    stray = [k for k in state_dict if k.split(".", 1)[0] not in components]
+    stray = [k for k in state_dict if component_of(k) not in components]
     if stray:
         # diffusers would silently drop these; serving half an adapter is worse than refusing it
-        raise AdapterIncompatible(f"{key}: keys outside {components}, e.g. {stray[0]}")
+        raise AdapterIncompatible(f"{key}: keys outside {list(components)}, e.g. {stray[0]}")
     layers: dict[str, LoraLayer] = {}
     for component in components:
         prefix = f"{component}."
@@ -188,9 +177,9 @@ def _canonical_layers(
             rank = int(down.shape[0])
             if up.dim() != down.dim() or up.dim() not in (2, 4) or up.shape[1] != rank:
                 raise AdapterCorrupt(f"{key}: {component}.{module} has mismatched down/up shapes")
-            alpha = alphas.get(f"{prefix}{old_a}".split(".lora.")[0] + ".alpha")
+            alpha = alphas.get(alpha_key(f"{prefix}{old_a}"))
             scale = _scale(key, module, rank, alpha, config)
-            layers[f"{prefix}{module.removeprefix('text_model.')}"] = LoraLayer(down, up, scale)
+            layers[target_name(component, module)] = LoraLayer(down, up, scale)
     return layers
 
 
@@ -204,7 +193,7 @@ def _pair_modules(key: str, component: str, names: list[str]) -> dict[str, tuple
 
     # The converters only rename keys, so converting {key: key} yields new name -> stored name.
     renamed: dict[str, str] = {k: k for k in names}
-    if not all(_PEFT_KEY.fullmatch(k) for k in names):
+    if not all(peft_module(k) for k in names):
         try:
             if component == "unet":
                 renamed = convert_unet_state_dict_to_peft(renamed)
@@ -214,10 +203,11 @@ def _pair_modules(key: str, component: str, names: list[str]) -> dict[str, tuple
             raise AdapterIncompatible(f"{key}: unrecognised {component} key format: {exc}") from exc
     pairs: dict[str, dict[str, str]] = {}
     for new, old in renamed.items():
-        match = _PEFT_KEY.fullmatch(new)
-        if match is None:
+        parsed = peft_module(new)
+        if parsed is None:
             raise AdapterIncompatible(f"{key}: unsupported entry {component}.{old} (DoRA, bias or LyCORIS?)")
-        pairs.setdefault(match["module"], {})[match["side"]] = old
+        module, side = parsed
+        pairs.setdefault(module, {})[side] = old
     for module, sides in pairs.items():
         if set(sides) != {"A", "B"}:
             raise AdapterCorrupt(f"{key}: {component}.{module} lacks its lora_A or lora_B")

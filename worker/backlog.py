@@ -5,7 +5,7 @@ bound keeps the odd job from starving behind a stream of hot ones. ``worker.loop
 :func:`order_queue` before it takes its next job (and for its prefetch and swap outlook);
 ``bench/simulate.py`` drives the same function in simulated time.
 
-An adapter set is named by its key (``common.schemas.adapters_key``); ``None`` is the plain base.
+An adapter set is named by its key (``common.schemas.adapter_set_key``); ``None`` is the plain base.
 """
 
 from __future__ import annotations

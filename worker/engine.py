@@ -4,11 +4,13 @@ Fused: each targeted weight is written as ``W0 + sum(scale_i * up_i @ down_i)`` 
 pristine copy (one ``addmm`` into the weight), so inference runs at base speed. Unfused: weights
 stay at ``W0`` and a forward hook adds the low-rank terms (only the small matrices are swapped).
 Weights the new set does not touch are copied back from their pristine copy; nothing is ever
-subtracted, so ``restore()`` returns the base bit-exact whatever came before.
+subtracted, so ``restore()`` returns the base bit-exact whatever came before. When the pristine
+budget has no room for the copies a set needs fused, that set is applied unfused instead.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -19,12 +21,17 @@ import torch
 
 from common.errors import InvalidRequest
 from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
+from worker.families import pipeline_family
 from worker.fusion import FusedWriter, compute_dtype
 from worker.lowrank import LowRankPath, Term
-from worker.pristine import PristinePolicy, PristineStore
+from worker.naming import target_name
+from worker.pristine import PristineFull, PristinePolicy, PristineStore
 from worker.tokens import PivotalTokens
 
+log = logging.getLogger(__name__)
+
 Mode = Literal["fused", "unfused"]
+_MEMO = 1024  # adapter sets remembered as too big to fuse
 #: Per target: which adapters at which effective scale; equal signatures mean an equal weight.
 Signature = tuple[tuple[str, float], ...]
 
@@ -51,18 +58,16 @@ class ActiveSet:
         return [key for key, _ in self.adapters]
 
 
-def target_modules(pipe: Any) -> dict[str, torch.nn.Module]:
+def target_modules(pipe: Any, components: Sequence[str]) -> dict[str, torch.nn.Module]:
     """Every Linear/Conv2d an adapter may target, by canonical name ``<component>.<module path>``."""
     found: dict[str, torch.nn.Module] = {}
-    components = getattr(pipe, "_lora_loadable_modules", None) or ["unet", "text_encoder", "text_encoder_2"]
     for component in components:
         model = getattr(pipe, component, None)
         if not isinstance(model, torch.nn.Module):
             continue
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-                # adapters name CLIP layers with or without text_model. (transformers 5 dropped it on some)
-                found[f"{component}.{name.removeprefix('text_model.')}"] = module
+                found[target_name(component, name)] = module
     return found
 
 
@@ -70,13 +75,23 @@ class SwapEngine:
     """Applies and removes adapters on one loaded pipeline; see the module docstring.
 
     ``pristine``: where the copies of touched weights live: ``device`` (fastest), ``host`` (pinned
-    memory on a GPU machine), or ``auto`` (the device while it keeps ``headroom_bytes`` free).
+    memory on a GPU machine), or ``auto`` (the device while it keeps ``headroom_bytes`` free);
+    host copies stay within ``host_bytes`` (``None``: no cap).
     """
 
-    def __init__(self, pipe: Any, *, pristine: PristinePolicy = "auto", headroom_bytes: int = 2 << 30) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        pristine: PristinePolicy = "auto",
+        headroom_bytes: int = 2 << 30,
+        host_bytes: int | None = None,
+    ) -> None:
         self.pipe = pipe
-        self.modules = target_modules(pipe)
-        self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes)
+        self.family = pipeline_family(type(pipe))
+        self.modules = target_modules(pipe, self.family.components)
+        self._pristine = PristineStore(pristine, headroom_bytes=headroom_bytes, host_bytes=host_bytes)
+        self._too_big: set[tuple[tuple[str, float], ...]] = set()
         self._tokens = PivotalTokens(pipe)
         self._writer = FusedWriter()
         self._fused: dict[str, Signature] = {}
@@ -89,9 +104,18 @@ class SwapEngine:
         return self._active
 
     @property
+    def denoiser_config(self) -> Any:
+        """The config of the base's denoiser (a UNet's maps kohya files with Stability block names)."""
+        return getattr(self.pipe, self.family.denoiser).config
+
+    @property
     def pristine_bytes(self) -> int:
         """Bytes of pristine copies held (device and host together)."""
         return self._pristine.nbytes
+
+    def pristine_tiers(self) -> dict[str, int]:
+        """Bytes of pristine copies held per tier: ``device`` and ``host``."""
+        return {"device": self._pristine.device_nbytes, "host": self._pristine.host_nbytes}
 
     def validate(self, adapter: ParsedAdapter) -> None:
         """Raise AdapterIncompatible unless the adapter fits this base; touches nothing."""
@@ -123,6 +147,8 @@ class SwapEngine:
         if mode not in ("fused", "unfused"):
             raise ValueError(f"mode must be fused or unfused, not {mode!r}")
         wanted = ActiveSet(mode if adapters else "fused", tuple(sorted((a.key, float(s)) for a, s in adapters)))
+        if wanted.mode == "fused" and wanted.adapters in self._too_big:
+            wanted = replace(wanted, mode="unfused")
         with self._lock:
             if wanted == self._active:
                 return SwapReport(False, time.perf_counter() - start, wanted.mode, 0)
@@ -132,8 +158,13 @@ class SwapEngine:
                 validate(adapter, self.modules)
             self._tokens.check([a for a, _ in adapters])
             staged = [(self._moved(a), float(s)) for a, s in adapters]
+            plan = _plan(staged)
             try:
-                touched = self._switch(_plan(staged), wanted.mode)
+                try:
+                    touched = self._switch(plan, wanted.mode)
+                except PristineFull as exc:
+                    wanted = self._unfuse_instead(wanted, exc)
+                    touched = self._switch(plan, "unfused")
                 self._tokens.set([a for a, _ in staged])
             except BaseException:
                 self._reset()
@@ -141,6 +172,15 @@ class SwapEngine:
             self._active = wanted
             _sync()
         return SwapReport(True, time.perf_counter() - start, wanted.mode, touched)
+
+    def _unfuse_instead(self, wanted: ActiveSet, exc: PristineFull) -> ActiveSet:
+        """No room for the copies this set needs fused: back to the plain base, to go unfused."""
+        log.warning("event=pristine_full adapters=%s mode=unfused reason=%s", "+".join(wanted.keys), exc)
+        self._reset()
+        if len(self._too_big) >= _MEMO:
+            self._too_big.clear()
+        self._too_big.add(wanted.adapters)
+        return replace(wanted, mode="unfused")
 
     def restore(self) -> SwapReport:
         """Return the base to bit-exact: every weight from its pristine copy, hooks and tokens removed."""
@@ -157,11 +197,12 @@ class SwapEngine:
             self._pristine.restore(target, weight_of(self.modules[target]))
             del self._fused[target]
             touched += 1
+        protect = {*fused_plan, *self._fused}  # copies that must outlive this switch
         with torch.no_grad():
             for target, (signature, terms) in fused_plan.items():
                 if self._fused.get(target) != signature:
                     weight = weight_of(self.modules[target])
-                    base = self._pristine.keep(target, weight)
+                    base = self._pristine.keep(target, weight, protect=protect)
                     self._fused[target] = ()  # restored by _reset if the write fails midway
                     self._writer.write(weight, base, terms)
                     self._fused[target] = signature

@@ -10,8 +10,9 @@ from typing import Any, Literal
 import redis
 
 from common import errors
-from common.schemas import Job, JobResult, JobStatus, WorkerState, adapters_key
+from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
+from worker.families import pipeline_family
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
 from worker.queue import Delivery, WorkerQueue
@@ -43,6 +44,9 @@ class Worker:
         self.swapper = swapper
         self.metrics = metrics
         self.device = device
+        self.family = pipeline_family(type(pipe))
+        #: Steps of a job that names none: the setting, else the family's default.
+        self.default_steps = settings.default_steps or self.family.facts.default_steps
         self.status: str = "starting"
         self.current_job: str | None = None
         self.jobs_done = 0
@@ -103,13 +107,13 @@ class Worker:
 
     def _next(self) -> Delivery:
         """The backlog job to serve now: those for the fused adapters first, none starved."""
-        delivery = self._in_order(adapters_key(self._fused_refs()))[0]
+        delivery = self._in_order(adapter_set_key(self.swapper.active_refs()))[0]
         self.backlog.remove(delivery)
         return delivery
 
     def _in_order(self, current: str | None) -> list[Delivery]:
         """The backlog in the order ``order_queue`` serves it after adapters ``current``."""
-        queued = [(d.job.id, adapters_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+        queued = [(d.job.id, adapter_set_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
         by_id = {d.job.id: d for d in self.backlog}
         order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)
         return [by_id[entry.job_id] for entry in order]
@@ -119,7 +123,7 @@ class Worker:
         if not self.settings.prefetch:
             return
         if self.backlog:
-            following: Job | None = self._in_order(adapters_key(delivery.job.adapters))[0].job
+            following: Job | None = self._in_order(adapter_set_key(delivery.job.adapters))[0].job
         else:
             following = self.queue.peek()
         for ref in following.adapters if following else []:
@@ -127,11 +131,8 @@ class Worker:
 
     def _outlook(self, job: Job) -> Outlook:
         """The job's steps and the adapter sets of the backlog, in the order it will be served."""
-        upcoming = [[ref.key for ref in d.job.adapters] for d in self._in_order(adapters_key(job.adapters))]
-        return Outlook(steps=job.num_inference_steps or self.settings.default_steps, upcoming=upcoming)
-
-    def _fused_refs(self) -> list[Any]:
-        return self.swapper.active_refs()
+        upcoming = [adapter_set_key(d.job.adapters) for d in self._in_order(adapter_set_key(job.adapters))]
+        return Outlook(steps=job.num_inference_steps or self.default_steps, upcoming=upcoming)
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -175,7 +176,12 @@ class Worker:
         infer_start = time.perf_counter()
         cancelled = threading.Event()
         image = generate(
-            self.pipe, job, default_steps=self.settings.default_steps, on_step=self._progress(job, cancelled)
+            self.pipe,
+            job,
+            family=self.family,
+            steps=self.default_steps,
+            size=self.settings.default_size,
+            on_step=self._progress(job, cancelled),
         )
         inference_s = time.perf_counter() - infer_start
         self.metrics.inference_seconds.observe(inference_s)
@@ -250,13 +256,16 @@ class Worker:
 
     def state(self) -> WorkerState:
         """This worker's heartbeat; ``queued`` is read from its own stream (claimed or not)."""
-        queued = [adapters_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
+        queued = [adapter_set_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
+        pristine = self.swapper.pristine()
         return WorkerState(
             worker_id=self.worker_id,
             pool=self.settings.base,
             status=self.status,  # type: ignore[arg-type]
             device=self.device,
+            pipeline=type(self.pipe).__name__,
             fused=self.swapper.active(),
+            fused_set=adapter_set_key(self.swapper.active_refs()),
             cached=self.swapper.cached(),
             current_job=self.current_job,
             current_started_at=self.current_started_at,
@@ -266,6 +275,8 @@ class Worker:
             jobs_done=self.jobs_done,
             swap_s=self.swap_s,
             fetch_s=self.swapper.fetch_s(),
+            pristine_device_bytes=pristine["device"],
+            pristine_host_bytes=pristine["host"],
             inference_s=self.inference_s,
             started_at=self.started_at,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -68,6 +68,10 @@ class WorkerMetrics:
         """Export the host adapter cache's own counters (hits, misses, evictions) at each scrape."""
         self.registry.register(_CacheCollector(self.pool, counts))
 
+    def watch_pristine(self, tiers: Callable[[], dict[str, int]]) -> None:
+        """Export the bytes of pristine copies per tier (device, host) at each scrape."""
+        self.registry.register(_PristineCollector(self.pool, tiers))
+
 
 class _CacheCollector(Collector):
     def __init__(self, pool: str, counts: Callable[[], dict[str, int]]) -> None:
@@ -80,4 +84,18 @@ class _CacheCollector(Collector):
         )
         for result, value in self._counts().items():
             family.add_metric([self._pool, result], value)
+        yield family
+
+
+class _PristineCollector(Collector):
+    def __init__(self, pool: str, tiers: Callable[[], dict[str, int]]) -> None:
+        self._pool = pool
+        self._tiers = tiers
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "lorafarm_pristine_bytes", "Bytes of pristine copies of base weights, by tier.", labels=["pool", "tier"]
+        )
+        for tier, value in self._tiers().items():
+            family.add_metric([self._pool, tier], value)
         yield family

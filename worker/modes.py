@@ -58,12 +58,11 @@ def choose_mode(
     return ModeChoice(mode, fused, unfused)
 
 
-def expected_jobs(current: Sequence[str], upcoming: Sequence[Sequence[str]]) -> int:
-    """Jobs in a row, this one included, that want the same adapter set as ``current``."""
-    wanted = sorted(current)
+def expected_jobs(current: str | None, upcoming: Sequence[str | None]) -> int:
+    """Jobs in a row, this one included, that want the adapter set ``current`` (set keys, ``None``: the base)."""
     run = 1
-    for keys in upcoming:
-        if sorted(keys) != wanted:
+    for key in upcoming:
+        if key != current:
             break
         run += 1
     return run

@@ -12,7 +12,9 @@ from diffusers import DiffusionPipeline
 from huggingface_hub import snapshot_download
 from PIL import Image
 
+from common.families import Family, family_of
 from common.schemas import Job
+from worker.families import PipelineFamily
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ def resolve_device(setting: str) -> str:
     return setting
 
 
-def resolve_dtype(setting: str, device: str) -> torch.dtype:
+def resolve_dtype(setting: str, device: str, family: Family | None = None) -> torch.dtype:
+    """``auto``: the family's half precision on CUDA (fp16 when unknown), fp32 on CPU."""
     if setting == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
+        return _DTYPES[family.gpu_dtype if family else "fp16"] if device == "cuda" else torch.float32
     return _DTYPES[setting]
 
 
@@ -52,8 +55,9 @@ def download_base(settings: WorkerSettings) -> str:
 def load_base(settings: WorkerSettings) -> DiffusionPipeline:
     """Load the base pipeline once, on the configured device and dtype."""
     device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
     path = download_base(settings)
+    family = family_of(DiffusionPipeline.load_config(path).get("_class_name"))
+    dtype = resolve_dtype(settings.dtype, device, family)
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
@@ -63,22 +67,31 @@ def load_base(settings: WorkerSettings) -> DiffusionPipeline:
     return pipe
 
 
-def generate(pipe: Any, job: Job, *, default_steps: int, on_step: StepHook | None = None) -> Image.Image:
-    """Run the pipeline for one job; the same job (seed included) gives the same image."""
-    steps = job.num_inference_steps or default_steps
-    kwargs: dict[str, Any] = {
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "num_inference_steps": steps,
-        # A CPU generator draws the same noise on every device.
-        "generator": torch.Generator(device="cpu").manual_seed(job.seed),
-    }
-    if job.guidance_scale is not None:
-        kwargs["guidance_scale"] = job.guidance_scale
-    if job.width is not None:
-        kwargs["width"] = job.width
-    if job.height is not None:
-        kwargs["height"] = job.height
+def generate(
+    pipe: Any,
+    job: Job,
+    *,
+    family: PipelineFamily,
+    steps: int,
+    size: int | None = None,
+    on_step: StepHook | None = None,
+) -> Image.Image:
+    """Run the pipeline for one job; the same job (seed included) gives the same image.
+
+    ``steps`` and ``size`` (width and height) are the worker's defaults for a job naming none;
+    ``None`` size: the pipeline's own. Parameters the family does not take raise ``InvalidRequest``.
+    """
+    steps = job.num_inference_steps or steps
+    kwargs = family.call_kwargs(
+        job.prompt,
+        steps=steps,
+        seed=job.seed,
+        size=size,
+        guidance_scale=job.guidance_scale,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+    )
     if on_step is not None:
 
         def _callback(p: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,18 @@ class WorkerSettings(CommonSettings):
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker name.")
     device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Device for the base.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
-        default="auto", description="Weights dtype: auto is fp16 on CUDA, fp32 on CPU."
+        default="auto",
+        description="Weights dtype: auto is the family's half precision on CUDA (fp16; bf16 for FLUX.1), fp32 on CPU.",
     )
-    default_steps: int = Field(default=25, ge=1, description="Inference steps when a request names none.")
+    default_steps: int | None = Field(
+        default=None, ge=1, description="Inference steps when a request names none (unset: the family's default)."
+    )
+    default_size: int | None = Field(
+        default=None,
+        ge=64,
+        le=2048,
+        description="Image width and height when a request names none (unset: the pipeline's own default).",
+    )
     block_ms: int = Field(default=1000, ge=1, description="How long one stream read blocks.")
     lease_s: float = Field(
         default=30.0, gt=0, description="A claimed job idle this long is reclaimed from its (dead) worker."
@@ -36,7 +45,21 @@ class WorkerSettings(CommonSettings):
         default=2 * 2**30, ge=0, description="Bytes of parsed adapters kept in host memory (LRU)."
     )
     pristine: Literal["auto", "device", "host"] = Field(
-        default="auto", description="Where pristine copies of touched base weights live."
+        default="auto",
+        description="Where pristine copies of touched base weights live: auto is the device while it has headroom.",
+    )
+    pristine_headroom_bytes: int = Field(
+        default=2 * 2**30,
+        ge=0,
+        description="Device memory pristine copies leave free (auto): past it, copies go to pinned host memory.",
+    )
+    pristine_host_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Most host (pinned) memory for pristine copies (unset: no cap). Past it, copies of weights no "
+            "adapter holds are dropped, and an adapter set that still does not fit is applied unfused."
+        ),
     )
     progress_interval_s: float = Field(
         default=0.25, ge=0, description="Least seconds between two step-progress events of a job."

@@ -7,7 +7,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import hf_hub_download
@@ -16,6 +15,7 @@ from common import errors
 from common.schemas import AdapterRef
 from worker.adapter import ParsedAdapter, read_adapter
 from worker.cache import ByteLRU
+from worker.engine import SwapEngine
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 class AdapterStore:
     """Gets parsed adapters by ``repo@sha``: from host memory, else from the Hub (or its disk cache)."""
 
-    def __init__(self, settings: WorkerSettings, *, pipeline_cls: Any, engine: Any) -> None:
+    def __init__(self, settings: WorkerSettings, *, engine: SwapEngine) -> None:
         self._settings = settings
-        self._pipeline_cls = pipeline_cls
         self._engine = engine
         self.cache: ByteLRU[str, ParsedAdapter] = ByteLRU(settings.host_cache_bytes, size_of=lambda a: a.nbytes)
         self._lock = threading.Lock()
@@ -77,9 +76,8 @@ class AdapterStore:
             embeddings=embeddings,
             max_bytes=self._settings.max_adapter_bytes,
             max_rank=self._settings.max_rank,
-            pipeline_cls=self._pipeline_cls,
-            # Maps kohya files that use the original Stability layer names (input_blocks...).
-            unet_config=getattr(getattr(self._engine.pipe, "unet", None), "config", None),
+            family=self._engine.family,
+            denoiser_config=self._engine.denoiser_config,
         )
         parsed = self._engine.stage(parsed)
         self.cache.put(ref.key, parsed)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from common.schemas import AdapterRef
+from common.schemas import AdapterRef, adapter_set_key
 from worker.modes import CostTracker, Mode, choose_mode, expected_jobs
 from worker.settings import WorkerSettings
 from worker.store import AdapterStore, fetch_file
@@ -28,10 +28,10 @@ class SwapOutcome:
 
 @dataclass(frozen=True)
 class Outlook:
-    """What the worker knows of the work ahead: the job's steps, the adapter sets queued after it."""
+    """What the worker knows of the work ahead: the job's steps, the adapter set keys queued after it."""
 
     steps: int = 1
-    upcoming: Sequence[Sequence[str]] = ()
+    upcoming: Sequence[str | None] = ()
 
 
 class Swapper(Protocol):
@@ -47,6 +47,8 @@ class Swapper(Protocol):
 
     def fetch_s(self) -> float | None: ...
 
+    def pristine(self) -> dict[str, int]: ...
+
 
 class _Tracked:
     """What both swappers share: which adapters (and scales) are active, and skipping a no-op swap."""
@@ -56,7 +58,7 @@ class _Tracked:
         self._mode: Mode = "fused"
 
     def swap(self, refs: list[AdapterRef], outlook: Outlook | None = None) -> SwapOutcome:
-        if [(r.key, r.scale) for r in refs] == [(r.key, r.scale) for r in self._refs]:
+        if adapter_set_key(refs) == adapter_set_key(self._refs):
             return SwapOutcome(False, 0.0, self._mode)
         start = time.perf_counter()
         try:
@@ -104,9 +106,11 @@ class EngineSwapper(_Tracked):
         mode = self.choose(refs, outlook)
         was = self.engine.active.mode if self.engine.active.adapters else None
         report = self.engine.apply(parsed, mode)
-        if was in (None, mode):  # a mode change also pays the other mode's removal: not a clean sample
+        # A mode change (asked, or forced by a full pristine budget) also pays the other mode's
+        # removal: not a clean sample.
+        if was in (None, mode) and report.mode == mode:
             self.costs.observe("fused_apply_s" if mode == "fused" else "unfused_swap_s", report.seconds)
-        return mode
+        return report.mode
 
     def _resync(self) -> None:
         if not self.engine.active.adapters:  # the engine fell back to the plain base
@@ -115,9 +119,8 @@ class EngineSwapper(_Tracked):
     def choose(self, refs: list[AdapterRef], outlook: Outlook) -> Mode:
         if self.mode != "auto":
             return self.mode
-        keys = [ref.key for ref in refs]
         fused_now = bool(self.engine.active.adapters) and self.engine.active.mode == "fused"
-        jobs = expected_jobs(keys, outlook.upcoming)
+        jobs = expected_jobs(adapter_set_key(refs), outlook.upcoming)
         return choose_mode(self.costs.costs(), jobs=jobs, steps=outlook.steps, fused_now=fused_now).mode
 
     def prefetch(self, ref: AdapterRef) -> None:
@@ -128,6 +131,9 @@ class EngineSwapper(_Tracked):
 
     def fetch_s(self) -> float | None:
         return self.store.fetch_s
+
+    def pristine(self) -> dict[str, int]:
+        return self.engine.pristine_tiers()
 
 
 class StockSwapper(_Tracked):
@@ -160,3 +166,6 @@ class StockSwapper(_Tracked):
 
     def fetch_s(self) -> float | None:
         return None
+
+    def pristine(self) -> dict[str, int]:
+        return {"device": 0, "host": 0}  # diffusers' own fuse keeps no copies (and drifts)

@@ -17,6 +17,7 @@ import torch
 
 from common.errors import AdapterIncompatible
 from worker.adapter import ParsedAdapter
+from worker.naming import tokenizer_of
 
 
 @dataclass
@@ -28,10 +29,6 @@ class _Base:
     num_embeddings: int
     vocab_size: int | None
     backend: Any
-
-
-def _tokenizer_of(component: str) -> str:
-    return component.replace("text_encoder", "tokenizer")
 
 
 class PivotalTokens:
@@ -58,7 +55,7 @@ class PivotalTokens:
         for adapter in adapters:
             for component, rows in (adapter.embeddings or {}).items():
                 encoder = getattr(self.pipe, component, None)
-                tokenizer = getattr(self.pipe, _tokenizer_of(component), None)
+                tokenizer = getattr(self.pipe, tokenizer_of(component), None)
                 if encoder is None or tokenizer is None or not hasattr(tokenizer, "_tokenizer"):
                     raise AdapterIncompatible(f"{adapter.key}: the base cannot take tokens for {component}")
                 width = self._base_embedding(component).embedding_dim
@@ -94,7 +91,7 @@ class PivotalTokens:
                 encoder.set_input_embeddings(base.embedding)
                 if base.vocab_size is not None:
                     encoder.config.vocab_size = base.vocab_size
-                getattr(self.pipe, _tokenizer_of(component))._tokenizer = base.backend
+                getattr(self.pipe, tokenizer_of(component))._tokenizer = base.backend
             self._base.clear()
             self._loaded = ()
 
@@ -105,7 +102,7 @@ class PivotalTokens:
 
     def _base_vocab(self, component: str) -> dict[str, int]:
         base = self._base.get(component)
-        tokenizer = getattr(self.pipe, _tokenizer_of(component))
+        tokenizer = getattr(self.pipe, tokenizer_of(component))
         backend = base.backend if base is not None else tokenizer._tokenizer
         return dict(backend.get_vocab(with_added_tokens=True))
 
@@ -113,7 +110,7 @@ class PivotalTokens:
         from tokenizers import Tokenizer
 
         encoder = getattr(self.pipe, component)
-        tokenizer = getattr(self.pipe, _tokenizer_of(component))
+        tokenizer = getattr(self.pipe, tokenizer_of(component))
         embedding = encoder.get_input_embeddings()
         if component not in self._base:
             backend = tokenizer._tokenizer

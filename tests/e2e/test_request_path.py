@@ -32,7 +32,9 @@ def test_base_returns_a_jpeg_with_headers(farm: Farm) -> None:
     assert Image.open(io.BytesIO(resp.content)).size == (64, 64)
 
 
-@pytest.mark.parametrize("repo", ["tiny/sdxl-lora-diffusers", "tiny/sdxl-lora-peft", "tiny/sdxl-lora-kohya"])
+@pytest.mark.parametrize(
+    "repo", ["tiny/sdxl-lora-diffusers", "tiny/sdxl-lora-peft", "tiny/sdxl-lora-kohya", "tiny/sdxl-lora-kohya-sgm"]
+)
 def test_each_lora_format_changes_the_image(farm: Farm, repo: str) -> None:
     base = post(farm, "tiny/sdxl-base", headers={"Accept": "image/png"})
     lora = post(farm, repo, headers={"Accept": "image/png"})
@@ -117,4 +119,5 @@ def test_status_lists_pools_workers_and_queues(farm: Farm) -> None:
     pools = {p["pool"]: p for p in status["pools"]}
     assert set(pools) == {"tiny/sdxl-base", "tiny/sd15-base"}
     assert all(len(p["workers"]) == 1 for p in pools.values())
+    assert {pool: p["family"] for pool, p in pools.items()} == {"tiny/sdxl-base": "sdxl", "tiny/sd15-base": "sd15"}
     assert all("queue_depth" in p for p in pools.values())

@@ -17,7 +17,7 @@ import torch
 from common.connections import async_client, sync_client
 from router.app import create_app
 from router.settings import RouterSettings
-from tests.integration.inprocess import SD15, SDXL, AppClient, InProcessWorker, Workers
+from tests.integration.inprocess import FLUX, SD15, SDXL, AppClient, InProcessWorker, Workers
 from worker.engine import SwapEngine
 from worker.pipeline import load_base
 from worker.settings import WorkerSettings
@@ -93,39 +93,69 @@ def worker_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("worker-hf-cache"))
 
 
+def load_tiny(base: str, devhub_url: str, worker_cache: str) -> tuple[Any, SwapEngine]:
+    """A tiny base loaded as a worker loads it (from the devhub), with its swap engine."""
+    torch.set_num_threads(1)
+    settings = WorkerSettings(base=base, hf_endpoint=devhub_url, hf_cache_dir=worker_cache, device="cpu")
+    pipe = load_base(settings)
+    return pipe, SwapEngine(pipe, pristine=settings.pristine)
+
+
 @pytest.fixture(scope="session")
 def tiny_bases(devhub_url: str, worker_cache: str) -> dict[str, tuple[Any, SwapEngine]]:
-    """Each tiny base loaded once, as a worker loads it (from the devhub), with its swap engine."""
-    torch.set_num_threads(1)
-    loaded = {}
-    for base in (SDXL, SD15):
-        settings = WorkerSettings(base=base, hf_endpoint=devhub_url, hf_cache_dir=worker_cache, device="cpu")
-        pipe = load_base(settings)
-        loaded[base] = (pipe, SwapEngine(pipe, pristine=settings.pristine))
-    return loaded
+    """The tiny SDXL and SD 1.5 bases, loaded once for the session."""
+    return {base: load_tiny(base, devhub_url, worker_cache) for base in (SDXL, SD15)}
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(devhub_url: str, worker_cache: str) -> tuple[Any, SwapEngine]:
+    """The tiny FLUX.1 base, loaded once for the session by the tests that ask for it."""
+    return load_tiny(FLUX, devhub_url, worker_cache)
+
+
+def start_workers(bases: dict[str, tuple[Any, SwapEngine]], redis_url: str, devhub_url: str, cache: str) -> Workers:
+    """A real worker per base, started on the plain base (2 steps, 64 px for a family without a size)."""
+    started = Workers()
+    try:
+        for base, (pipe, engine) in bases.items():
+            settings = WorkerSettings(
+                base=base,
+                worker_id=f"worker-{base.removeprefix('tiny/')}",
+                redis_url=redis_url,
+                hf_endpoint=devhub_url,
+                hf_cache_dir=cache,
+                device="cpu",
+                default_steps=2,
+                default_size=64 if base == FLUX else None,
+                block_ms=20,
+                worker_port=0,
+            )
+            started[base] = InProcessWorker(settings, pipe, engine)
+    except BaseException:
+        started.close()
+        raise
+    return started
 
 
 @pytest.fixture
 def workers(
     redis_url: str, devhub_url: str, worker_cache: str, tiny_bases: dict[str, tuple[Any, SwapEngine]]
 ) -> Iterator[Workers]:
-    """A real worker per tiny base, started on the plain base; ``await workers.serve(request)``."""
-    started = Workers()
-    try:
-        for base, (pipe, engine) in tiny_bases.items():
-            settings = WorkerSettings(
-                base=base,
-                worker_id=f"worker-{base.removeprefix('tiny/')}",
-                redis_url=redis_url,
-                hf_endpoint=devhub_url,
-                hf_cache_dir=worker_cache,
-                device="cpu",
-                default_steps=2,
-                block_ms=20,
-                worker_port=0,
-            )
-            started[base] = InProcessWorker(settings, pipe, engine)
-        yield started
-    finally:
-        for worker in started.values():
-            worker.close()
+    """A real worker per tiny UNet base; ``await workers.serve(request)``."""
+    started = start_workers(tiny_bases, redis_url, devhub_url, worker_cache)
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def flux_workers(
+    redis_url: str,
+    devhub_url: str,
+    worker_cache: str,
+    tiny_bases: dict[str, tuple[Any, SwapEngine]],
+    tiny_flux: tuple[Any, SwapEngine],
+) -> Iterator[Workers]:
+    """``workers`` plus a real worker of the tiny FLUX.1 pool (route with ``pools=FLUX_POOLS``)."""
+    started = start_workers({**tiny_bases, FLUX: tiny_flux}, redis_url, devhub_url, worker_cache)
+    yield started
+    started.close()

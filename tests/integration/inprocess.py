@@ -29,7 +29,9 @@ from worker.settings import WorkerSettings
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper
 
-SDXL, SD15 = "tiny/sdxl-base", "tiny/sd15-base"
+SDXL, SD15, FLUX = "tiny/sdxl-base", "tiny/sd15-base", "tiny/flux-base"
+#: The router's pools with the Flux worker beside the UNet ones (``flux_workers``).
+FLUX_POOLS = [SDXL, SD15, FLUX]
 PROMPT = {"inputs": "a photo of a cat", "parameters": {"seed": 3, "num_inference_steps": 2}}
 #: How long a heartbeat of an in-process worker lives: longer than any test, renewed each drain.
 HEARTBEAT_TTL_S = 60.0
@@ -58,7 +60,7 @@ class InProcessWorker:
     def __init__(self, settings: WorkerSettings, pipe: Any, engine: SwapEngine) -> None:
         engine.restore()
         self.client = sync_client(settings.redis_url)
-        self.store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
+        self.store = AdapterStore(settings, engine=engine)
         queue = WorkerQueue(self.client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
         swapper = EngineSwapper(engine, self.store, mode=settings.swap_mode)
         self.worker = RecordingWorker(settings, queue, pipe, swapper, WorkerMetrics(settings.base))
@@ -95,6 +97,10 @@ class Workers(dict[str, InProcessWorker]):
                 worker.drain()
 
         await asyncio.to_thread(burst)
+
+    def close(self) -> None:
+        for worker in self.values():
+            worker.close()
 
     async def serve(self, request: Awaitable[T]) -> T:
         """Await ``request`` while the workers drain what it enqueues (nothing, if it is refused)."""

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from common import errors, keys
 from common.connections import async_client
-from common.schemas import AdapterRef, Job, WorkerState
+from common.schemas import AdapterRef, Job, WorkerState, adapter_set_key
 from router.fleet import Fleet
 from router.placement import PlacementRules
 from router.queue import JobQueue
@@ -27,10 +27,15 @@ def jobs(aio_redis: aioredis.Redis) -> JobQueue:
     return JobQueue(aio_redis, worker_ttl_s=30, queue_max=10)
 
 
-def worker(r: redis.Redis, pool: str, name: str, *, fused: list[str] | None = None) -> WorkerQueue:
+def holding(name: str, pool: str, fused: list[AdapterRef]) -> WorkerState:
+    """The heartbeat of a worker with ``fused`` active."""
+    return WorkerState(worker_id=name, pool=pool, fused=[a.key for a in fused], fused_set=adapter_set_key(fused))
+
+
+def worker(r: redis.Redis, pool: str, name: str, *, fused: list[AdapterRef] | None = None) -> WorkerQueue:
     q = WorkerQueue(r, pool, name)
     q.ensure_group()
-    q.heartbeat(WorkerState(worker_id=name, pool=pool, fused=fused or []), ttl_s=30)
+    q.heartbeat(holding(name, pool, fused or []), ttl_s=30)
     return q
 
 
@@ -39,8 +44,8 @@ def job(pool: str, *adapters: AdapterRef) -> Job:
 
 
 async def test_placed_job_reaches_the_chosen_worker_only(sync_redis: redis.Redis, jobs: JobQueue, pool: str) -> None:
-    w1 = worker(sync_redis, pool, "w1", fused=[A.key])
-    w2 = worker(sync_redis, pool, "w2", fused=[B.key])
+    w1 = worker(sync_redis, pool, "w1", fused=[A])
+    w2 = worker(sync_redis, pool, "w2", fused=[B])
     fleet = Fleet(PlacementRules(stale_after_s=30))
     live = await jobs.live_workers(pool)
     j = job(pool, A)
@@ -94,7 +99,7 @@ async def test_jobs_of_a_dead_worker_are_adopted(sync_redis: redis.Redis, jobs: 
 async def test_a_job_placed_on_a_worker_that_just_died_goes_to_the_shared_stream(
     sync_redis: redis.Redis, jobs: JobQueue, pool: str
 ) -> None:
-    dying = worker(sync_redis, pool, "dying", fused=[A.key])
+    dying = worker(sync_redis, pool, "dying", fused=[A])
     live = worker(sync_redis, pool, "live")
     seen = await jobs.live_workers(pool)  # the router's view: "dying" holds A
     sync_redis.delete(keys.worker_state("dying"))  # its heartbeat expires...
@@ -106,7 +111,7 @@ async def test_a_job_placed_on_a_worker_that_just_died_goes_to_the_shared_stream
     assert [(d.job.id, d.stream) for d in got] == [(j.id, keys.pool_stream(pool))]
     # Had "dying" only stalled, it finds its stream gone, makes it again, and takes placements anew.
     assert dying.claim(block_ms=10) == []
-    dying.heartbeat(WorkerState(worker_id="dying", pool=pool, fused=[A.key]), ttl_s=30)
+    dying.heartbeat(holding("dying", pool, [A]), ttl_s=30)
     await jobs.submit(again := job(pool, A), worker_id="dying")
     assert [d.job.id for d in dying.claim(block_ms=10, include_pool=False)] == [again.id]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     DisabledRepoError,
@@ -29,6 +29,8 @@ from devhub.repo import RepoStore
 from devhub.zoo import build_many_loras, build_zoo
 from lorafarm.farm import free_port, wait_port
 from tests.conftest import ROOT, stop
+from worker.pipeline import download_base
+from worker.settings import WorkerSettings
 
 TOKEN = "devhub-test-token"
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -36,6 +38,7 @@ GOOD_SDXL_LORAS = [
     "tiny/sdxl-lora-diffusers",
     "tiny/sdxl-lora-peft",
     "tiny/sdxl-lora-kohya",
+    "tiny/sdxl-lora-kohya-sgm",
     "tiny/sdxl-lora-listbase",
     "tiny/sdxl-lora-pivotal",
     "tiny/sdxl-lora-rank32",
@@ -219,11 +222,12 @@ def test_private_repo_needs_the_token(own_devhub: tuple[str, Path], devhub_url: 
     assert HfApi(endpoint=devhub_url, token="anything").model_info("tiny/sdxl-lora-private").private is True
 
 
+@pytest.mark.slow
 def test_zoo_is_deterministic(zoo_dir: Path, tmp_path: Path) -> None:
     ids = build_zoo(tmp_path)
     first, second = RepoStore(zoo_dir), RepoStore(tmp_path)
     assert sorted(ids) == first.ids() == second.ids()
-    assert len(ids) == 23
+    assert len(ids) == 33
     for repo_id in ids:
         assert first.get(repo_id).sha == second.get(repo_id).sha, repo_id  # type: ignore[union-attr]
 
@@ -288,6 +292,20 @@ def test_pivotal_embeddings_load_as_textual_inversion(
         sdxl.unload_textual_inversion(tokens, tokenizer=sdxl.tokenizer_2, text_encoder=sdxl.text_encoder_2)
 
 
+def test_flux_base_downloads_with_its_t5_tokenizer_and_loads_offline(devhub_url: str, hf_cache: Path) -> None:
+    settings = WorkerSettings(base="tiny/flux-base", hf_endpoint=devhub_url, hf_cache_dir=str(hf_cache))
+    folder = Path(download_base(settings))  # the worker's own allow_patterns
+    assert (folder / "tokenizer_2" / "tokenizer.json").exists()
+    pipe = FluxPipeline.from_pretrained(folder)  # a local folder: nothing left to download
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.transformer.config
+    assert (config.num_layers, config.num_single_layers, config.in_channels) == (2, 2, 64)
+    assert config.guidance_embeds and pipe.vae.config.latent_channels == 16
+    assert pipe.tokenizer_2("an elephant").input_ids[-1] == pipe.tokenizer_2.eos_token_id
+    image = pipe("a cat", num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(0))
+    assert image.images[0].size == (64, 64)
+
+
 def test_sd15_lora_changes_the_image(devhub_url: str, hf_cache: Path) -> None:
     folder = snapshot_download("tiny/sd15-base", endpoint=devhub_url, cache_dir=hf_cache, token=False)
     pipe = StableDiffusionPipeline.from_pretrained(folder)
@@ -298,6 +316,7 @@ def test_sd15_lora_changes_the_image(devhub_url: str, hf_cache: Path) -> None:
     assert np.abs(generate(pipe) - base).mean() > 3.0
 
 
+@pytest.mark.slow
 def test_swap_loras_differ_from_each_other(sdxl: StableDiffusionXLPipeline, zoo_dir: Path) -> None:
     images = []
     for name in ("a", "b", "c"):

@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import HfApi
 
 from common.errors import AdapterIncompatible
-from common.schemas import AdapterRef
+from common.schemas import AdapterRef, adapter_set_key
 from tests.integration.pipes import changed, generate, load_pipe, snapshot
 from worker.calibrate import calibrate, synthetic_adapter
 from worker.engine import SwapEngine
@@ -39,7 +39,7 @@ def engine(pipe: Any) -> Iterator[SwapEngine]:
 @pytest.fixture
 def store(engine: SwapEngine, pipe: Any, devhub_url: str, hf_cache: Path) -> Iterator[AdapterStore]:
     settings = WorkerSettings(base="tiny/sdxl-base", hf_endpoint=devhub_url, hf_cache_dir=str(hf_cache))
-    store = AdapterStore(settings, pipeline_cls=type(pipe), engine=engine)
+    store = AdapterStore(settings, engine=engine)
     yield store
     store.close()
 
@@ -83,9 +83,9 @@ def test_auto_unfuses_a_one_off_and_fuses_a_run_of_the_same_adapter(
     a, b = ref(devhub_url, "sdxl-lora-diffusers"), ref(devhub_url, "sdxl-lora-peft")
     swapper = EngineSwapper(engine, store, mode="auto", costs=costs(**CHEAP_UNFUSED))
     # One job of 2 steps for A, then B: 0.01 + 2 * 0.01 unfused beats 1.0 fused.
-    assert swapper.swap([a], Outlook(steps=2, upcoming=[[b.key]])).mode == "unfused"
+    assert swapper.swap([a], Outlook(steps=2, upcoming=[adapter_set_key([b])])).mode == "unfused"
     # B with 200 more jobs of B queued behind it: fusing once is cheaper than 201 * 25 slower steps.
-    assert swapper.swap([b], Outlook(steps=25, upcoming=[[b.key]] * 200)).mode == "fused"
+    assert swapper.swap([b], Outlook(steps=25, upcoming=[adapter_set_key([b])] * 200)).mode == "fused"
     assert engine.active.mode == "fused"
 
 
@@ -134,7 +134,7 @@ def test_calibration_measures_every_cost_and_leaves_the_base_exact(pipe: Any, en
     base = snapshot(pipe)
     adapter = synthetic_adapter(engine)
     assert adapter.layers and all(t.startswith("unet.") for t in adapter.layers)
-    tracker = calibrate(engine, pipe)
+    tracker = calibrate(engine)
     costs = tracker.costs()
     assert costs is not None
     assert costs.fused_apply_s > 0 and costs.unfused_swap_s > 0 and costs.restore_s > 0

@@ -7,7 +7,7 @@
   the fair-share bound (``common/shares.py``).
 - A revoked key is refused by both routers within the key cache's lifetime.
 
-The figures each test measures are printed on one ``figures:`` line (``pytest -s``).
+Each test records what it measured (the ``figures`` fixture) for ``make reliability-report``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from common import keys
 from common.schemas import JobStatus
 from lorafarm.farm import REPO_ROOT, Farm
 from tests.reliability.conftest import farm_with, restarted_router
+from tests.reliability.figures import Figures
 from tests.reliability.tools import SDXL, assert_clean, assert_error, body, log, redis_client
 
 pytestmark = pytest.mark.slow
@@ -75,13 +76,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def figures(**values: Any) -> None:
-    print("figures: " + " ".join(f"{k}={v}" for k, v in values.items()))
-
-
 @pytest.mark.timeout(120)
 def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_another_key_is_served(
-    farm: Farm, routers: list[str]
+    farm: Farm, routers: list[str], figures: Figures
 ) -> None:
     """The burst goes through the job API, so each answer comes as soon as the router decided it."""
     rate, burst, seconds = 1.0, 2, 6.0
@@ -128,6 +125,7 @@ def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_anothe
     passed = len(answers) - len(limited)
     assert passed <= burst + rate * span + 1, (passed, span)
     assert [r.status_code for _, r in steady] == [200] * len(steady), [r.text for _, r in steady]
+    assert_clean(redis_client(farm), timeout=60)
     waits = [w for w, _ in steady]
     job_s = statistics.median(float(r.headers["x-compute-time"]) for _, r in steady)
     figures(
@@ -143,11 +141,12 @@ def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_anothe
         other_wait_max_s=round(max(waits), 2),
         job_compute_median_s=round(job_s, 2),
     )
-    assert_clean(redis_client(farm), timeout=60)
 
 
 @pytest.mark.timeout(240)
-def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, routers: list[str]) -> None:
+def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(
+    farm: Farm, routers: list[str], figures: Figures
+) -> None:
     client = redis_client(farm)
     _a, a_key = new_key(farm, "deep")
     _b, b_key = new_key(farm, "light")
@@ -174,13 +173,7 @@ def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, r
     waited = time.monotonic() - submitted
     a_meanwhile = started(a_ids) - a_before
     share = SHARE_PER_WORKER * 2
-    figures(
-        a_started_before_b_was_queued=a_before,
-        a_started_while_b_waited=a_meanwhile,
-        bound_jobs=share + 2,
-        b_wait_s=round(waited, 2),
-    )
-    # Ahead of b: a's share on the streams at most, and the one a worker may start as b is claimed.
+    # Ahead of b: a's share on the streams at most, and one more per worker started as b is claimed.
     assert a_meanwhile <= share + 2, a_meanwhile
     assert a_before + a_meanwhile < 30  # not after a's 30
     deadline = time.monotonic() + 150
@@ -188,11 +181,21 @@ def test_a_key_with_30_jobs_queued_does_not_delay_another_keys_job(farm: Farm, r
         parked = client.xlen(keys.pool_parked(SDXL))
         assert time.monotonic() < deadline, f"{started(a_ids)} of a's jobs ran, {parked} parked"
         time.sleep(0.2)
+    a_done_s = time.monotonic() - submitted
     assert_clean(client, timeout=60)
+    figures(
+        a_started_before_b_was_queued=a_before,
+        a_started_while_b_waited=a_meanwhile,
+        bound_jobs=share + 2,
+        b_wait_s=round(waited, 2),
+        a_all_started_s=round(a_done_s, 1),
+    )
 
 
 @pytest.mark.timeout(60)
-def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(farm: Farm, routers: list[str]) -> None:
+def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(
+    farm: Farm, routers: list[str], figures: Figures
+) -> None:
     name, key = new_key(farm, "revoked")
     listed = lorafarm_keys(farm, "list").stdout
     assert name in listed and key not in listed
@@ -210,10 +213,10 @@ def test_a_revoked_key_is_refused_by_both_routers_within_the_key_cache(farm: Far
                     assert_error(resp, 401, "unauthorized")
                     refused[url] = time.monotonic() - revoked
         time.sleep(0.05)
-    figures(refused_after_s=max(round(s, 2) for s in refused.values()), key_cache_s=ENV["LORAFARM_KEY_CACHE_S"])
     assert max(refused.values()) < float(ENV["LORAFARM_KEY_CACHE_S"]) + 1
     # Keys are secrets: the routers log the tenant's name, never the key.
     for router in ("router", "router-2"):
         text = log(farm, router)
         assert key not in text
         assert f"tenant={name}" in text
+    figures(refused_by_both_after_s=round(max(refused.values()), 2), key_cache_s=float(ENV["LORAFARM_KEY_CACHE_S"]))

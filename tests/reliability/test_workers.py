@@ -16,6 +16,7 @@ from common.schemas import Job
 from lorafarm.farm import Farm, free_port
 from router.queue import JobQueue
 from tests.polling import busy_workers, live_workers
+from tests.reliability.figures import Figures
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(120)
-def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm) -> None:
+def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm, figures: Figures) -> None:
     farm = two_workers
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=11))
@@ -52,11 +53,13 @@ def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm
     assert ran(farm, job_id) == [survivor]
     assert "event=duplicate_result" not in log(farm, survivor)
     assert_clean(redis_client(farm))
-    print(f"recovered_s={recovered_s:.1f}")
+    figures(image_after_kill_s=round(recovered_s, 2))
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clean(two_workers: Farm) -> None:
+def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clean(
+    two_workers: Farm, figures: Figures
+) -> None:
     farm = two_workers
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=21))
@@ -80,20 +83,21 @@ def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clea
     client = redis_client(farm)
     assert_clean(client)
     assert client.get(keys.worker_state(holder)) is None
-    print(f"drained_s={time.monotonic() - stopped:.1f}")
+    figures(drained_s=round(time.monotonic() - stopped, 2))
 
 
 @pytest.mark.timeout(120)
-def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm) -> None:
+def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm, figures: Figures) -> None:
     """A job that crashes its worker every time (an exception no error type covers).
 
-    Width 12 passes the job schema but no router would send it (the API asks multiples of 8):
-    the pipeline raises ValueError on every delivery. The job is put on the stream with the
-    router's own queue client, as the router would, and read back through the router's job API.
+    Seed 2**64 passes the job schema but no router would send it (the API caps seeds at
+    2**63 - 1): torch's generator raises ValueError on every delivery. The job is put on the
+    stream with the router's own queue client, as the router would, and read back through the
+    router's job API.
     """
     farm = one_worker
     client = redis_client(farm)
-    poison = Job(pool=SDXL, prompt="poison", seed=1, num_inference_steps=2, width=12, height=64)
+    poison = Job(pool=SDXL, prompt="poison", seed=2**64, num_inference_steps=2)
 
     async def submit() -> None:
         aio = async_client(farm.redis_url)
@@ -130,7 +134,36 @@ def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm
     assert crashes == 3
     assert_clean(client)
     assert post(farm, SDXL).status_code == 200
-    print(f"dead_lettered_s={dead_lettered_s:.1f}")
+    figures(dead_lettered_s=round(dead_lettered_s, 2))
+
+
+@pytest.mark.timeout(60)
+def test_a_job_its_family_refuses_fails_once_with_the_reason(one_worker: Farm) -> None:
+    """Width 12 on the stream (no router sends it): the worker's family check refuses it, no crash, no retry."""
+    farm = one_worker
+    odd = Job(pool=SDXL, prompt="odd", seed=1, num_inference_steps=2, width=12, height=64)
+
+    async def submit() -> None:
+        aio = async_client(farm.redis_url)
+        try:
+            await JobQueue(aio, worker_ttl_s=1.5, queue_max=100).submit(odd)
+        finally:
+            await aio.aclose()
+
+    asyncio.run(submit())
+
+    def settled() -> dict | None:
+        view = httpx.get(f"{farm.router_url}/jobs/{odd.id}", timeout=10).json()
+        return view if view["status"] in ("failed", "done", "cancelled") else None
+
+    view = wait_until(settled, 30, interval=0.2, what="the odd job to settle")
+    assert (view["status"], view["error_type"]) == ("failed", "invalid_request")
+    assert "multiple of 8" in view["error"]
+    lines = sum(log(farm, n).count(f"job={odd.id}") for n in farm.procs if n.startswith("worker-"))
+    assert lines == 1  # one event=job_failed line: delivered once, never dead-lettered
+    assert not [
+        f for _id, f in redis_client(farm).xrange(keys.dead_letter_stream(SDXL)) if odd.id.encode() in f[b"job"]
+    ]
 
 
 @pytest.mark.timeout(120)

@@ -55,9 +55,10 @@ def test_more_reuse_never_turns_fused_into_unfused(costs: SwapCosts, jobs: int, 
 
 
 def test_expected_jobs_counts_the_run_of_the_same_set() -> None:
-    assert expected_jobs(["a"], []) == 1
-    assert expected_jobs(["a", "b"], [["b", "a"], ["a", "b"], ["c"], ["a", "b"]]) == 3
-    assert expected_jobs([], [[], ["a"]]) == 2
+    assert expected_jobs("a", []) == 1
+    assert expected_jobs("a+b", ["a+b", "a+b", "c", "a+b"]) == 3
+    assert expected_jobs(None, [None, "a"]) == 2
+    assert expected_jobs("a", ["a*0.5"]) == 1  # the same adapter at another strength is another set
 
 
 def test_tracker_needs_every_cost_then_averages() -> None:

@@ -15,7 +15,6 @@ from router.placement import (
     TAIL,
     PlacementRules,
     WorkerView,
-    adapter_key,
     choose_worker,
     expected_finish_s,
     expected_wait_s,
@@ -85,12 +84,6 @@ def test_staleness_and_announced_status_decide_liveness() -> None:
     assert is_live(worker("w"), RULES, NOW + 10.0)
     assert not is_live(worker("w"), RULES, NOW + 10.5)
     assert not is_live(worker("w", alive=False), RULES, NOW)
-
-
-def test_adapter_key_joins_composed_adapters_and_none_is_the_base() -> None:
-    assert adapter_key([]) is None
-    assert adapter_key([A]) == A
-    assert adapter_key([A, B]) == f"{A}+{B}"
 
 
 # --- choose_worker ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from common.schemas import (
     JobResult,
     JobStatus,
     WorkerState,
+    adapter_set_key,
 )
 
 
@@ -99,3 +100,15 @@ def test_result_status_and_worker_state_round_trip() -> None:
     state = WorkerState(worker_id="w", pool="p", fused=["a@1"], cached=["a@1", "b@2"])
     assert WorkerState.loads(state.dumps()) == state
     assert WorkerState.loads(state.dumps().encode()) == state
+
+
+def test_adapter_set_key_names_adapters_at_their_strengths_in_any_order() -> None:
+    a = AdapterRef(repo_id="u/a", revision="1")
+    b = AdapterRef(repo_id="u/b", revision="2", scale=0.3)
+    assert adapter_set_key([]) is None
+    assert adapter_set_key([a]) == "u/a@1"
+    assert adapter_set_key([a, b]) == adapter_set_key([b, a]) == "u/a@1+u/b@2*0.3"
+    half = a.model_copy(update={"scale": 0.5})
+    assert adapter_set_key([half]) != adapter_set_key([a])
+    nearly = a.model_copy(update={"scale": 0.5 + 1e-12})
+    assert adapter_set_key([nearly]) != adapter_set_key([half])
