@@ -139,6 +139,7 @@ def test_a_key_bursting_ten_times_its_rate_is_refused_on_both_routers_and_anothe
         other_served=f"{len(steady)}/{len(steady)}",
         other_wait_median_s=round(statistics.median(waits), 2),
         other_wait_max_s=round(max(waits), 2),
+        other_waits_s=" ".join(f"{w:.2f}" for w in waits),
         job_compute_median_s=round(job_s, 2),
     )
 
