@@ -26,7 +26,9 @@ from common.connections import REDIS_RETRY_AFTER_S, redis_errors
 from common.protocol import no_stream, read_result, text, unclaimed_start
 from common.replication import Replication
 from common.schemas import Job, JobResult, JobStatus, WorkerState
-from common.scripts import Placement, Submit, Unqueue, Withdraw
+from common.scripts import Placement, Submit, TenantJob, Unqueue, Withdraw
+from common.shares import Quota, TenantKeys
+from router.admission import job_time_s
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,15 @@ class JobQueue:
         return states
 
     async def streams(self, pool: str) -> list[str]:
-        """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
+        """The pool's shared stream, the own streams of its workers (live or not yet adopted), and the
+        stream of the jobs parked behind their key's fair share (``common/shares.py``)."""
         async with redis_errors():
             members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
-        return [keys.pool_stream(pool), *(keys.worker_stream(pool, text(m)) for m in members)]
+        own = [keys.worker_stream(pool, text(m)) for m in members]
+        return [keys.pool_stream(pool), *own, keys.pool_parked(pool)]
 
     async def depth(self, pool: str) -> int:
-        """Jobs of the pool waiting or in hand, on all its streams."""
+        """Jobs of the pool waiting (parked too) or in hand, on all its streams."""
         streams = await self.streams(pool)
         async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)
@@ -113,13 +117,22 @@ class JobQueue:
         # An entry id starts with its enqueue time in milliseconds.
         return int(text(entries[0][0]).split("-")[0]) / 1000
 
-    async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
+    async def submit(
+        self,
+        job: Job,
+        *,
+        worker_id: str | None = None,
+        workers: list[WorkerState] | None = None,
+        tenant: str | None = None,
+        quota: Quota | None = None,
+    ) -> str:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
 
         ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
         live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``;
         ``RedisUnavailable`` when Redis is down, or the required replicas did not confirm the job
-        in time (it is withdrawn then).
+        in time (it is withdrawn then). With a ``quota``, the job counts for its key (``tenant``):
+        ``ConcurrencyLimited`` and ``KeyQueueFull`` past it, and the job parks past the key's fair share.
         """
         if workers is None:
             workers = await self.live_workers(job.pool)
@@ -128,6 +141,11 @@ class JobQueue:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
         placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
         counted = await self.streams(job.pool)
+        slot = None
+        if tenant is not None and quota is not None:
+            job = job.model_copy(update={"tenant": tenant})
+            expiry = (job.deadline or time.time() + keys.RESULT_TTL_S) + keys.TENANT_SLOT_SLACK_S
+            slot = TenantJob(name=tenant, keys=TenantKeys.of(job.pool, tenant), quota=quota, expiry=expiry)
         submit = partial(
             self._submit,
             shared=keys.pool_stream(job.pool),
@@ -135,21 +153,37 @@ class JobQueue:
             entry=keys.job_entry(job.id),
             counted=counted,
             placed=placed,
+            tenant=slot,
             bound=self.queue_max,
-            job=job.model_dump_json(),
+            job=job,
             queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
         )
         async with redis_errors():
-            entry_id, replicated = await self._confirmed(submit)
+            (outcome, entry_id), replicated = await self._confirmed(submit)
             if entry_id is not None and not replicated:
                 await self._withdraw_unreplicated(job.id)
         if entry_id is None:
-            raise errors.QueueFull(
-                f"the queue of {job.pool} is full ({self.queue_max} jobs)",
-                retry_after=drain_estimate(self.queue_max, workers),
+            raise self._refusal(outcome, job, tenant, quota, workers)
+        return entry_id
+
+    def _refusal(
+        self, outcome: str, job: Job, tenant: str | None, quota: Quota | None, workers: list[WorkerState]
+    ) -> errors.LorafarmError:
+        """The error of a submit the script refused (``outcome``: the limit it met)."""
+        drain = drain_estimate(self.queue_max, workers)
+        if outcome == "concurrency_limited" and quota is not None:
+            retry = job_time_s([w.inference_s for w in workers])
+            return errors.ConcurrencyLimited(
+                f"key {tenant} has {quota.concurrency} unfinished jobs, its concurrency limit", retry_after=retry
             )
-        return text(entry_id)
+        if outcome == "key_queue_full" and quota is not None:
+            return errors.KeyQueueFull(
+                f"key {tenant} holds {quota.pool_cap} jobs of the queue of {job.pool}, its share; other keys "
+                "still get in",
+                retry_after=drain,
+            )
+        return errors.QueueFull(f"the queue of {job.pool} is full ({self.queue_max} jobs)", retry_after=drain)
 
     async def wait(
         self,
@@ -240,13 +274,15 @@ class JobQueue:
     async def _cancel(self, job_id: str, *, client: Any = None) -> bool:
         client = client or self.redis
         await client.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
-        where = await client.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+        where = await client.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
         if where[0] is None or where[1] is None:
             return False
         return await self._unqueue(
             stream=text(where[0]),
             status=keys.job_status(job_id),
             entry_id=text(where[1]),
+            job_id=job_id,
+            tenant=tenant_keys(where[2], where[3]),
             cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
             client=client,
@@ -255,7 +291,7 @@ class JobQueue:
     async def _withdraw_unreplicated(self, job_id: str) -> None:
         """Withdraw a job its replicas did not confirm (as if never submitted, ``Withdraw``), and refuse it."""
         log.warning("event=not_replicated job=%s replicas=%d (withdrawn)", job_id, self.replication.replicas)
-        where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+        where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
         if where[0] is not None and where[1] is not None:
             await self._withdraw(
                 stream=text(where[0]),
@@ -263,6 +299,8 @@ class JobQueue:
                 entry=keys.job_entry(job_id),
                 cancel=keys.job_cancel(job_id),
                 entry_id=text(where[1]),
+                job_id=job_id,
+                tenant=tenant_keys(where[2], where[3]),
                 ttl_s=keys.CANCEL_TTL_S,
             )
         raise errors.RedisUnavailable(
@@ -279,6 +317,11 @@ class JobQueue:
             raw, status = await pipe.execute()
         found = read_result(raw)
         return found, found is not None or bool(status)
+
+
+def tenant_keys(pool: bytes | str | None, tenant: bytes | str | None) -> TenantKeys | None:
+    """The key's Redis keys of a job's entry hash (``pool`` and ``tenant`` fields), or None for an anonymous job."""
+    return TenantKeys.of(text(pool), text(tenant)) if pool is not None and tenant is not None else None
 
 
 def drain_estimate(depth: int, workers: list[WorkerState], *, cap_s: float = 60.0) -> float:

@@ -76,6 +76,36 @@ class RouterSettings(CommonSettings):
     api_key: SecretStr | None = Field(
         default=None, description="When set, requests need `Authorization: Bearer <key>` (401 otherwise)."
     )
+    api_key_rate_per_s: float = Field(
+        default=0.0, ge=0, description="Generation requests per second of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    api_key_burst: int = Field(default=0, ge=0, description="Requests at once above that rate (0: one second's worth).")
+    api_key_concurrency: int = Field(
+        default=0, ge=0, description="Unfinished jobs at once of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    tenant_keys: bool = Field(
+        default=False,
+        description=(
+            "Require an API key of the key ring in Redis (`lorafarm keys add`), each with its own name and "
+            "limits, and share each pool fairly between keys (`LORAFARM_API_KEY`, if set, is one more key)."
+        ),
+    )
+    key_cache_s: float = Field(
+        default=2.0, ge=0, description="Seconds a router trusts a key it looked up: a revoked key works this long."
+    )
+    tenant_share_per_worker: int = Field(
+        default=2,
+        ge=1,
+        description="With `LORAFARM_TENANT_KEYS`: jobs one key may have on a pool's streams per live worker; "
+        "further jobs of that key wait behind other keys' jobs (parked).",
+    )
+    tenant_queue_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="With `LORAFARM_TENANT_KEYS`: the part of a pool's `LORAFARM_QUEUE_MAX` one key may fill "
+        "(429 `key_queue_full` past it), so a burst of one key leaves room for the others.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated; empty: CORS off)."
     )

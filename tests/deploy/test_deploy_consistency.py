@@ -279,13 +279,18 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {so['metadata']['name']} scales {target}, not a worker"
         base = workers[target][1]
+        watched = set()
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert trigger["type"] in ("redis-streams", "redis-sentinel-streams")
-            assert meta["stream"] == keys.pool_stream(base), f"{target}: trigger {trigger.get('name')}"
+            assert meta["stream"] in (keys.pool_stream(base), keys.pool_parked(base)), f"{target}: {trigger}"
+            watched.add(meta["stream"])
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.WORKER_GROUP
-        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in so["spec"]["triggers"]}
+        # The parked jobs of keys past their fair share are on a stream of their own, read by no worker.
+        assert watched == {keys.pool_stream(base), keys.pool_parked(base)}, f"{target} watches {watched}"
+        shared = [t for t in so["spec"]["triggers"] if t["metadata"]["stream"] == keys.pool_stream(base)]
+        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in shared}
         assert modes == {"lag", "len"}, "combine the group's lag with the stream length (lag can be null)"
     for hpa in _named(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]["name"]

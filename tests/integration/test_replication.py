@@ -18,6 +18,7 @@ from common import errors, keys
 from common.connections import OUTAGES, async_client, sync_client
 from common.replication import Replication
 from common.schemas import WorkerState
+from common.shares import Quota
 from router.queue import JobQueue
 from tests.integration.inprocess import SDXL, AppClient, assert_error
 from tests.integration.queues import PNG, done, job, worker
@@ -80,6 +81,21 @@ async def test_with_the_replica_silent_the_job_is_withdrawn_and_refused(
         assert client.exists(keys.job_status(j.id), keys.job_entry(j.id)) == 0
     assert await q.status(j.id) is None
     assert await q.depth(pool) == 0
+
+
+async def test_a_withdrawn_job_of_a_key_gives_the_keys_place_back(
+    replicas: ReplicaPair, primary: aioredis.Redis, sync_primary: redis.Redis, pool: str
+) -> None:
+    worker(sync_primary, pool, "w1")
+    q = JobQueue(primary, worker_ttl_s=10, queue_max=8, replication=ONE)
+    one = Quota(concurrency=1, share=1, pool_cap=0)
+    name = f"k-{pool.rsplit('-', 1)[-1]}"
+    with replicas.silent_replica(), pytest.raises(errors.RedisUnavailable):
+        await q.submit(job(pool), tenant=name, quota=one)
+    # Never accepted, so it holds nothing of its key's concurrency: the next job gets in.
+    assert sync_primary.zcard(keys.tenant_jobs(name)) == 0
+    await q.submit(job(pool), tenant=name, quota=one)
+    assert sync_primary.zcard(keys.tenant_jobs(name)) == 1
 
 
 async def test_a_withdrawn_job_a_worker_claimed_meanwhile_is_dropped_unrun(
