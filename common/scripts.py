@@ -28,20 +28,30 @@ class Placement(NamedTuple):
 
 
 class Submit:
-    """Enqueue a job unless the pool is at its bound; mark it queued and remember where it is."""
+    """Enqueue a job unless its images would take the pool past its bound; mark it queued, remember where."""
 
     LUA = """
 local shared, status, entry = KEYS[1], KEYS[2], KEYS[3]
 local bound, job, queued, ttl, placed = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
--- The pool's streams, whose lengths the bound counts, follow the placement's two keys if any.
+local images = tonumber(ARGV[6])
+-- The pool's streams, whose images the bound counts, follow the placement's two keys if any.
+-- An entry weighs its field 'images' (1 when absent); the bound keeps the entries few to read.
 local n = 0
-for i = (placed and 6 or 4), #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
-if n >= bound then return false end
+for i = (placed and 6 or 4), #KEYS do
+  for _, item in ipairs(redis.call('XRANGE', KEYS[i], '-', '+')) do
+    local fields, weight = item[2], 1
+    for f = 1, #fields, 2 do
+      if fields[f] == 'images' then weight = tonumber(fields[f + 1]) or 1 end
+    end
+    n = n + weight
+  end
+end
+if n + images > bound then return false end
 local target = shared
 -- A job placed on a worker whose heartbeat (KEYS[5]) expired since the placement goes to the
 -- shared stream instead: a peer may already have forgotten that worker's stream (KEYS[4]).
 if placed and redis.call('EXISTS', KEYS[5]) == 1 then target = KEYS[4] end
-local id = redis.call('XADD', target, '*', 'job', job)
+local id = redis.call('XADD', target, '*', 'job', job, 'images', images)
 redis.call('SET', status, queued, 'EX', ttl)
 redis.call('HSET', entry, 'stream', target, 'entry_id', id)
 redis.call('EXPIRE', entry, ttl)
@@ -61,18 +71,20 @@ return id
         placed: Placement | None,
         bound: int,
         job: str,
+        images: int,
         queued: str,
         ttl_s: int,
     ) -> bytes | str | None:
-        """The new entry's id, or None when ``counted`` already hold ``bound`` entries.
+        """The new entry's id, or None when the job's ``images`` would take ``counted`` past ``bound`` images.
 
         ``placed``: the worker chosen for the job, or None for the shared stream.
         """
         # KEYS[1] shared stream, KEYS[2] job status, KEYS[3] job entry hash,
         # KEYS[4] and KEYS[5] the placement's stream and heartbeat (only when placed), then the counted streams.
         key_list = [shared, status, entry, *(placed or ()), *counted]
-        # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag.
-        args: list[EncodableT] = [bound, job, queued, ttl_s, "1" if placed else "0"]
+        # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag,
+        # ARGV[6] the job's images.
+        args: list[EncodableT] = [bound, job, queued, ttl_s, "1" if placed else "0", images]
         return await self._script(keys=key_list, args=args)
 
 
@@ -105,9 +117,10 @@ class Publish:
 
     LUA = """
 local result, done, status, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local meta, has_image, image, ttl, final = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
+local meta, ttl, final = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HSETNX', result, 'meta', meta) == 0 then return 0 end
-if has_image then redis.call('HSET', result, 'image', image) end
+-- Image k (from 0) is ARGV[4 + k], stored as field 'image:k'.
+for k = 4, #ARGV do redis.call('HSET', result, 'image:' .. (k - 4), ARGV[k]) end
 redis.call('EXPIRE', result, ttl)
 redis.call('RPUSH', done, '1')
 redis.call('EXPIRE', done, ttl)
@@ -127,15 +140,14 @@ return 1
         status: str,
         events: str,
         meta: str,
-        image: bytes | None,
+        images: list[bytes],
         final: str,
         ttl_s: int,
     ) -> bool:
         """False when a result was written already (nothing changes then)."""
         # KEYS[1] job result hash, KEYS[2] job done list, KEYS[3] job status, KEYS[4] job events channel.
-        # ARGV[1] result JSON, ARGV[2] whether there is an image ('1' or '0': an empty image is one),
-        # ARGV[3] image bytes, ARGV[4] TTL (s), ARGV[5] final status JSON.
-        args: list[EncodableT] = [meta, "1" if image is not None else "0", image or b"", ttl_s, final]
+        # ARGV[1] result JSON, ARGV[2] TTL (s), ARGV[3] final status JSON, then each image's bytes in order.
+        args: list[EncodableT] = [meta, ttl_s, final, *images]
         return bool(self._script(keys=[result, done, status, events], args=args))
 
 
@@ -144,8 +156,8 @@ class HandBack:
 
     LUA = """
 local held, shared, entry = KEYS[1], KEYS[2], KEYS[3]
-local entry_id, job, group = ARGV[1], ARGV[2], ARGV[3]
-local id = redis.call('XADD', shared, '*', 'job', job)
+local entry_id, job, group, images = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id = redis.call('XADD', shared, '*', 'job', job, 'images', images)
 redis.call('XACK', held, group, entry_id)
 redis.call('XDEL', held, entry_id)
 if redis.call('EXISTS', entry) == 1 then
@@ -157,11 +169,11 @@ return id
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(self.LUA)
 
-    def __call__(self, *, held: str, shared: str, entry: str, entry_id: str, job: str) -> None:
+    def __call__(self, *, held: str, shared: str, entry: str, entry_id: str, job: str, images: int) -> None:
         """Re-enqueue ``job`` on ``shared``, settle ``entry_id`` on ``held``, and point ``entry`` at the new entry."""
         # KEYS[1] the stream the entry is on, KEYS[2] shared stream, KEYS[3] job entry hash.
-        # ARGV[1] entry id on KEYS[1], ARGV[2] job JSON, ARGV[3] group.
-        self._script(keys=[held, shared, entry], args=[entry_id, job, keys.WORKER_GROUP])
+        # ARGV[1] entry id on KEYS[1], ARGV[2] job JSON, ARGV[3] group, ARGV[4] the job's images.
+        self._script(keys=[held, shared, entry], args=[entry_id, job, keys.WORKER_GROUP, images])
 
 
 class Forget:

@@ -109,7 +109,8 @@ class JobQueue:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
 
         ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
-        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``.
+        live worker serves the pool and ``QueueFull`` when the job's images would take the pool
+        past its bound (images waiting or in hand), both with ``retry_after``.
         """
         if workers is None:
             workers = await self.live_workers(job.pool)
@@ -127,12 +128,13 @@ class JobQueue:
                 placed=placed,
                 bound=self.queue_max,
                 job=job.model_dump_json(),
+                images=job.images,
                 queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
                 ttl_s=keys.RESULT_TTL_S,
             )
         if entry_id is None:
             raise errors.QueueFull(
-                f"the queue of {job.pool} is full ({self.queue_max} jobs)",
+                f"the queue of {job.pool} is full ({self.queue_max} images waiting or in hand)",
                 retry_after=drain_estimate(self.queue_max, workers),
             )
         return text(entry_id)
@@ -143,8 +145,8 @@ class JobQueue:
         timeout_s: float,
         *,
         stop: Callable[[], Awaitable[bool]] | None = None,
-    ) -> tuple[JobResult, bytes | None] | None:
-        """The job's result and image, or None past ``timeout_s`` (or once ``stop()`` says so).
+    ) -> tuple[JobResult, list[bytes]] | None:
+        """The job's result and images, or None past ``timeout_s`` (or once ``stop()`` says so).
 
         A Redis outage during the wait is ridden out until the deadline: the job was accepted,
         and its result is read once Redis is back.
@@ -168,8 +170,8 @@ class JobQueue:
                 log.warning("event=wait_redis_down job=%s", job_id)
                 await asyncio.sleep(min(remaining, self.poll_s / 2))
 
-    async def result(self, job_id: str) -> tuple[JobResult, bytes | None] | None:
-        """The job's published result and image, or None when there is none (yet)."""
+    async def result(self, job_id: str) -> tuple[JobResult, list[bytes]] | None:
+        """The job's published result and images, or None when there is none (yet)."""
         async with redis_errors():
             raw = await self.redis.hgetall(keys.job_result(job_id))
         return read_result(raw)

@@ -132,7 +132,9 @@ class Worker:
     def _outlook(self, job: Job) -> Outlook:
         """The job's steps and the adapter sets of the backlog, in the order it will be served."""
         upcoming = [adapter_set_key(d.job.adapters) for d in self._in_order(adapter_set_key(job.adapters))]
-        return Outlook(steps=job.num_inference_steps or self.default_steps, upcoming=upcoming)
+        # The denoising steps of all the job's images run on the adapters of this one swap.
+        steps = (job.num_inference_steps or self.default_steps) * job.images
+        return Outlook(steps=steps, upcoming=upcoming)
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -175,7 +177,7 @@ class Worker:
         self.metrics.swap_seconds.observe(outcome.seconds)
         infer_start = time.perf_counter()
         cancelled = threading.Event()
-        image = generate(
+        images = generate(
             self.pipe,
             job,
             family=self.family,
@@ -189,7 +191,8 @@ class Worker:
         if cancelled.is_set():
             self._settle(delivery, "cancelled", "the job was cancelled while it ran", errors.JobCancelled.error_type)
             return
-        data, content_type = encode(image, job.format)
+        encoded = [encode(image, job.format) for image in images]
+        content_type = encoded[0][1]
         result = JobResult(
             job_id=job.id,
             status="done",
@@ -200,19 +203,20 @@ class Worker:
             inference_s=inference_s,
             compute_s=time.perf_counter() - start,
         )
-        self._finish(delivery, result, data)
+        self._finish(delivery, result, [data for data, _ in encoded])
         log.info(
-            "event=job_done job=%s adapters=%s warm=%s mode=%s swap_s=%.4f inference_s=%.3f",
+            "event=job_done job=%s adapters=%s images=%d warm=%s mode=%s swap_s=%.4f inference_s=%.3f",
             job.id,
             ",".join(r.key for r in job.adapters) or "-",
+            len(encoded),
             result.warm,
             outcome.mode,
             outcome.seconds,
             inference_s,
         )
 
-    def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
-        if not self.queue.publish_result(result, image):
+    def _finish(self, delivery: Delivery, result: JobResult, images: list[bytes]) -> None:
+        if not self.queue.publish_result(result, images):
             log.info("event=duplicate_result job=%s", result.job_id)
         self.queue.ack(delivery.entry_id, delivery.stream)
         self.metrics.job(result.status)
@@ -223,7 +227,7 @@ class Worker:
         result = JobResult(
             job_id=delivery.job.id, status=status, worker_id=self.worker_id, error=error, error_type=error_type
         )
-        self._finish(delivery, result, None)
+        self._finish(delivery, result, [])
 
     def _dropped(self, job: Job) -> bool:
         if job.deadline is not None and time.time() > job.deadline:

@@ -122,6 +122,7 @@ class WorkerQueue:
                 entry=keys.job_entry(d.job.id),
                 entry_id=d.entry_id,
                 job=d.job.model_dump_json(),
+                images=d.job.images,
             )
             log.info("event=handed_back job=%s", d.job.id)
 
@@ -184,15 +185,20 @@ class WorkerQueue:
         pipe.publish(keys.job_events(status.job_id), raw)
         pipe.execute()
 
-    def publish_result(self, result: JobResult, image: bytes | None) -> bool:
-        """Write the job's result once and wake its waiter; False when a result was already written."""
+    def publish_result(self, result: JobResult, images: list[bytes]) -> bool:
+        """Write the job's result (its images, none for a job that made none) once and wake its waiter.
+
+        False when a result was already written.
+        """
+        if not isinstance(images, list):
+            raise TypeError("images: a list of image bytes")
         return self._publish(
             result=keys.job_result(result.job_id),
             done=keys.job_done(result.job_id),
             status=keys.job_status(result.job_id),
             events=keys.job_events(result.job_id),
             meta=result.model_dump_json(),
-            image=image,
+            images=images,
             final=terminal_status(result).model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
         )
@@ -267,7 +273,7 @@ class WorkerQueue:
             worker_id=self.worker_id,
         )
         error = f"the job failed on {tries} deliveries and was dropped"
-        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None)
+        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), [])
         self.ack(delivery.entry_id, delivery.stream)
 
     def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
@@ -284,5 +290,5 @@ class WorkerQueue:
         )
         job_id = deadletter.salvage_job_id(raw)
         if job_id is not None:
-            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), None)
+            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), [])
         self.ack(entry_id, stream)
