@@ -23,9 +23,9 @@ from router.generation import (
     RESULT_ERRORS,
     enqueue,
     image_headers,
-    images_of,
     plan_job,
     read_body,
+    stored_images,
 )
 from router.jobs import MEDIA_TYPES, parse_body, pick_format
 from router.services import authorize, services
@@ -196,18 +196,8 @@ async def get_result(
     job_id: JobId,
     index: Annotated[int, Query(ge=0, lt=MAX_IMAGES, description="Which image of a job of n (from 0).")] = 0,
 ) -> Response:
-    svc = services(request)
     request.state.job_id = job_id
-    found = await svc.queue.result(job_id)
-    if found is None:
-        status = await svc.queue.status(job_id)
-        if status is None:
-            raise errors.JobNotFound(f"no job {job_id} (or its result expired)")
-        if status.state == "cancelled":
-            raise errors.JobCancelled("the job was cancelled")
-        raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
-    result, images = found
-    done = images_of(result, images)
+    result, done = await stored_images(services(request).queue, job_id)
     if index >= len(done):
         raise errors.InvalidRequest(f"index: the job made {len(done)} image(s); index {index} is past them")
     headers = image_headers(job_id, result)

@@ -165,6 +165,24 @@ def images_of(result: JobResult, images: list[bytes], *, expected: int | None = 
     return images
 
 
+async def stored_images(queue: JobQueue, job_id: str) -> tuple[JobResult, list[bytes]]:
+    """The result and images of a done job, read again after its answer (the job API, image URLs).
+
+    ``JobNotFound`` once expired (``RESULT_TTL_S``), ``JobCancelled``, ``JobNotReady`` while it runs,
+    or the error the job failed with.
+    """
+    found = await queue.result(job_id)
+    if found is None:
+        status = await queue.status(job_id)
+        if status is None:
+            raise errors.JobNotFound(f"no job {job_id} (or its result expired)")
+        if status.state == "cancelled":
+            raise errors.JobCancelled("the job was cancelled")
+        raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
+    result, images = found
+    return result, images_of(result, images)
+
+
 def image_headers(job_id: str, result: JobResult, *, seed: int | None = None) -> dict[str, str]:
     """The ``IMAGE_HEADERS`` of an image answer; ``x-seed`` only where the seed is known."""
     headers = {
