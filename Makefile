@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A CPU build of torch is offered to pip on this kind of machine; a GPU host installs the normal wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help setup system-deps run test test-fast lint format bench-swap bench-load deploy-check clean
+.PHONY: help setup system-deps run test test-fast lint format bench-swap bench-load bench-batch deploy-check clean
 
 help:
 	@echo "make run           serve the tiny demo zoo (redis, devhub, router, workers) on 127.0.0.1:8888"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint          ruff + mypy"
 	@echo "make bench-swap    swap engine benchmark (SDXL-shaped UNet)"
 	@echo "make bench-load    load benchmark (Zipf trace, reference vs lorafarm)"
+	@echo "make bench-batch   images/s: four one-image jobs against one job of four (tiny base, SDXL-shaped UNet)"
 	@echo "make deploy-check  validate compose, Dockerfiles and Kubernetes manifests offline"
 
 $(STAMP): pyproject.toml
@@ -59,6 +60,9 @@ bench-swap: setup
 
 bench-load: setup
 	$(PY) -m bench.load $(BENCH_ARGS)
+
+bench-batch: setup
+	$(PY) -m bench.batch $(BENCH_ARGS)
 
 deploy-check: setup
 	bash deploy/check.sh

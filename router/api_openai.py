@@ -124,7 +124,8 @@ async def get_image(
     svc = services(request)
     request.state.job_id = job_id
     key = svc.settings.api_key
-    if key is not None and not hmac.compare_digest(sig or "", signature(key.get_secret_value(), job_id, index)):
+    expected = signature(key.get_secret_value(), job_id, index) if key is not None else ""
+    if key is not None and not hmac.compare_digest((sig or "").encode(), expected.encode()):
         raise errors.Unauthorized("this image URL is not signed by this router: use the URL the answer gave")
     result, images = await stored_images(svc.queue, job_id)
     if index >= len(images):
