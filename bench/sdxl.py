@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 # fmt: off
-UNET = dict(  # SDXL base 1.0 (BASELINE.md)
+UNET = dict(  # SDXL base 1.0 (docs/BASELINE.md)
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=2048,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),

@@ -30,10 +30,15 @@ from typing import Any
 
 import torch
 
+from bench import goals
+from bench.goals import Verdict
 from bench.sdxl import build_pipe, drift, fill, targeted, write_loras
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-METHODS = ("stock", "hotswap", "fused", "unfused")
+#: fused-cold is fused with the adapter file parsed again on every swap (no host cache), as the
+#: stock path reads and converts it on every swap; fused and unfused time the apply alone.
+METHODS = ("stock", "hotswap", "fused", "fused-cold", "unfused")
+LORAFARM = ("fused", "fused-cold", "unfused")
 
 
 def log(msg: str) -> None:
@@ -91,21 +96,23 @@ class Hotswap:
 
 
 class Lorafarm:
-    """lorafarm's engine: adapters parsed once (the host cache), then applied fused or unfused."""
+    """lorafarm's engine: adapters parsed once (the host cache), then applied fused or unfused;
+    ``cold``: parsed again on every swap, and the parse counted in the swap's time."""
 
-    def __init__(self, pipe: Any, mode: str, max_rank: int) -> None:
+    def __init__(self, pipe: Any, mode: str, max_rank: int, *, cold: bool = False) -> None:
         from worker.engine import SwapEngine
 
-        self.pipe, self.mode, self.max_rank = pipe, mode, max_rank
+        self.pipe, self.mode, self.max_rank, self.cold = pipe, mode, max_rank, cold
         self.engine = SwapEngine(pipe)
         self.parsed: dict[Path, Any] = {}
         self.extra: dict[str, Any] = {}
+        self.untimed = () if cold else ("parse+stage",)
 
     def swap(self, path: Path) -> dict[str, float]:
         from worker.adapter import read_adapter
 
         out = {}
-        if path not in self.parsed:
+        if self.cold or path not in self.parsed:
             start = time.perf_counter()
             adapter = read_adapter(
                 path,
@@ -117,7 +124,9 @@ class Lorafarm:
             )
             self.parsed[path] = self.engine.stage(adapter)
             out["parse+stage"] = time.perf_counter() - start
-        out["swap"] = self.engine.apply([(self.parsed[path], 1.0)], mode=self.mode).seconds  # type: ignore[arg-type]
+        # The cold run shows its apply beside the parse (parts column), timed in the same swaps.
+        applied = self.engine.apply([(self.parsed[path], 1.0)], mode=self.mode).seconds  # type: ignore[arg-type]
+        out["apply" if self.cold else "swap"] = applied
         return out
 
     def cleanup(self) -> None:
@@ -130,6 +139,8 @@ def make_method(name: str, pipe: Any, rank: int) -> Any:
         return Stock(pipe)
     if name == "hotswap":
         return Hotswap(pipe)
+    if name == "fused-cold":
+        return Lorafarm(pipe, "fused", rank, cold=True)
     return Lorafarm(pipe, name, rank)
 
 
@@ -158,7 +169,8 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= spec["warmup"]:  # the first swaps allocate (pristine copies, PEFT layers): not timed
-                totals.append(sum(v for k, v in times.items() if k != "parse+stage"))
+                untimed = getattr(runner, "untimed", ())  # the warm lorafarm runs leave the parse out
+                totals.append(sum(v for k, v in times.items() if k not in untimed))
             for phase, seconds in times.items():
                 if i >= spec["warmup"] or phase == "parse+stage":
                     phases.setdefault(phase, []).append(seconds)
@@ -257,9 +269,30 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
         f"stock / {other}, rank {rank} {fmt}: {seconds / by[other, rank, fmt]:.1f}x"
         for (method, rank, fmt), seconds in by.items()
         if method == "stock"
-        for other in ("fused", "unfused", "hotswap")
+        for other in ("fused", "fused-cold", "unfused", "hotswap")
         if (other, rank, fmt) in by
     ]
+
+
+def verdicts(results: list[dict[str, Any]], device: str) -> list[Verdict]:
+    """The targets of issue 3 (``bench.goals``) against this run's rows: drift of every lorafarm
+    row, the unfused swap, the fused apply at rank 8, and the stock path over the fused apply."""
+    rows = {(r["method"], r["rank"], r["format"]): r for res in results for r in res["rows"]}
+    fused_target = goals.FUSED_SWAP_GPU_S if device == "cuda" else goals.FUSED_SWAP_CPU_S
+    out = []
+    for (method, rank, fmt), row in rows.items():
+        what = f"{method}, rank {rank} {fmt}"
+        if method in LORAFARM:
+            drifted = f"{what}: max abs drift after {row['swaps']} swaps"
+            out.append(goals.at_most(drifted, row["drift"], goals.MAX_DRIFT))
+        if method == "unfused":
+            out.append(goals.at_most(f"{what}: median swap", row["median_s"], goals.UNFUSED_SWAP_S, " s"))
+        if method == "fused" and rank == 8:
+            out.append(goals.at_most(f"{what}: median swap on {device}", row["median_s"], fused_target, " s"))
+        if method == "fused" and ("stock", rank, fmt) in rows:
+            speedup = rows["stock", rank, fmt]["median_s"] / row["median_s"]
+            out.append(goals.at_least(f"{what}: stock / fused, median", speedup, goals.FUSED_SPEEDUP, "x"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}\n")
     print(table(results))
     print("\n" + "\n".join(ratios(results)))
+    print("\n" + "\n".join(v.line() for v in verdicts(results, args.device)))
     if args.json:
         args.json.write_text(json.dumps({"command": command, "machine": machine(args.device), "results": results}))
 

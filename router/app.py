@@ -20,10 +20,9 @@ from router import api, api_jobs, api_openai, metrics, widget
 from router import errors as http_errors
 from router.fleet import Fleet
 from router.observe import ObservedRequest
-from router.placement import PlacementRules
 from router.queue import JobQueue
 from router.services import Services
-from router.settings import RouterSettings
+from router.settings import RouterSettings, placement_rules
 from router.tracker import JobTracker
 
 log = logging.getLogger("router")
@@ -76,13 +75,7 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
         ttl_s=settings.metadata_ttl_s,
         timeout_s=settings.hub_timeout_s,
     )
-    fleet = Fleet(
-        PlacementRules(
-            affinity=settings.affinity,
-            max_queue=settings.affinity_max_queue,
-            stale_after_s=settings.worker_ttl_s,
-        )
-    )
+    fleet = Fleet(placement_rules(settings))
     # Each event stream holds one pub/sub connection: a pool of their own keeps them from
     # starving the short commands; past the bound a stream waits, then answers 503.
     events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)

@@ -9,6 +9,7 @@ from pydantic_settings import NoDecode
 
 from common.schemas import MAX_IMAGES
 from common.settings import CommonSettings
+from router.placement import PlacementRules
 
 
 def _split(value: Any) -> Any:
@@ -72,6 +73,25 @@ class RouterSettings(CommonSettings):
     affinity_max_queue: int = Field(
         default=2, ge=1, description="Jobs on one worker (in hand and waiting) at which placement spills."
     )
+    affinity_max_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Expected seconds before a new job would start on a worker, past which placement spills "
+            "(about one adapter download: an idle worker that fetches it starts sooner)."
+        ),
+    )
+    affinity_max_holders: int = Field(
+        default=2, ge=1, description="Most workers one adapter may occupy before its jobs queue on its holders."
+    )
+    affinity_min_residency_s: float = Field(
+        default=30.0, ge=0, description="A worker that swapped less than this ago is steered away from swapping again."
+    )
+    affinity_damping_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds added to such a worker's expected finish when placement weighs it (thrash damping).",
+    )
     metadata_ttl_s: float = Field(default=300.0, ge=0, description="Seconds a repo's Hub metadata is cached.")
     hub_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Hub metadata call.")
     max_adapter_bytes: int = Field(
@@ -130,3 +150,17 @@ class RouterSettings(CommonSettings):
         """The default base (always set after validation)."""
         assert self.default_base is not None
         return self.default_base
+
+
+def placement_rules(settings: RouterSettings) -> PlacementRules:
+    """The placement rules these settings ask for: what the router places by, and what
+    ``bench/simulate.py`` simulates (with the defaults)."""
+    return PlacementRules(
+        affinity=settings.affinity,
+        max_queue=settings.affinity_max_queue,
+        max_wait_s=settings.affinity_max_wait_s,
+        max_holders=settings.affinity_max_holders,
+        min_residency_s=settings.affinity_min_residency_s,
+        damping_s=settings.affinity_damping_s,
+        stale_after_s=settings.worker_ttl_s,
+    )

@@ -209,6 +209,7 @@ operations = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=operations)
 def test_any_sequence_then_restore_is_bit_exact(

@@ -72,6 +72,7 @@ async def test_stored_state_then_published_ones_in_order_until_done(redis_url: s
     assert payloads(chunks) == ["queued:", "running:1", "running:2", "running:3", "done:"]
 
 
+@pytest.mark.slow
 async def test_quiet_stream_sends_keep_alive_comments_then_ends_at_max(tracker: JobTracker) -> None:
     await tracker.redis.set(keys.job_status("j2"), JobStatus(job_id="j2", state="queued").model_dump_json())
     start = time.monotonic()

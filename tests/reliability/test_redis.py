@@ -12,6 +12,7 @@ import redis
 
 from lorafarm.farm import Farm
 from tests.polling import busy_workers
+from tests.reliability.figures import Figures
 from tests.reliability.tools import (
     SDXL,
     assert_clean,
@@ -31,7 +32,7 @@ OUTAGE_S = 4.0
 
 
 @pytest.mark.timeout(150)
-def test_redis_restart_every_accepted_job_completes(two_workers: Farm) -> None:
+def test_redis_restart_every_accepted_job_completes(two_workers: Farm, figures: Figures) -> None:
     farm = two_workers
     client = redis_client(farm)
     with ThreadPoolExecutor(4) as pool:
@@ -63,7 +64,7 @@ def test_redis_restart_every_accepted_job_completes(two_workers: Farm) -> None:
         assert waits and max(waits) > min(waits), waits
     assert post(farm, SDXL).status_code == 200
     assert_clean(client)
-    print(f"outage_s={back - down:.1f} recovered_s={recovered_s:.1f}")
+    figures(outage_s=round(back - down, 2), last_accepted_answered_after_redis_back_s=round(recovered_s, 2))
 
 
 def test_redis_password_is_required_and_never_logged(farm: Farm) -> None:
