@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = {f"tiny SDXL base, 64x64, {args.steps} step(s)": tiny_sdxl(args.steps, args.repeats)}
+    log(f"tiny base: {rows}")
     if not args.skip_sdxl:
         name = f"SDXL-shaped UNet, {args.size}x{args.size}, {args.steps} step(s)"
         rows[name] = sdxl_unet(args.steps, args.repeats, args.size, args.device)
