@@ -61,11 +61,11 @@ def redis_url(redis_server: str) -> Iterator[str]:
 # --- the router in process, and real workers beside it ---------------------------------------
 
 
-def router_settings(redis_url: str, devhub_url: str, **overrides: Any) -> RouterSettings:
+def router_settings(redis: str, hub: str, **overrides: Any) -> RouterSettings:
     """The settings of the in-process router: the session's Redis and devhub, the tiny UNet pools."""
     fields: dict[str, Any] = {
-        "redis_url": redis_url,
-        "hf_endpoint": devhub_url,
+        "redis_url": redis,
+        "hf_endpoint": hub,
         "hf_token": "test-token",  # the devhub grants any token: private repos show as private
         "pools": [SDXL, SD15],
         "request_timeout_s": 30.0,
