@@ -5,13 +5,15 @@ A script runs atomically in Redis, and inside it keys and arguments are only pos
 out its KEYS and ARGV, so callers name what they pass and the positions live here alone: the Lua
 names every position on its first lines, and the call lists them in the same order.
 
-The router runs ``Submit`` and ``Unqueue`` (asyncio client); the worker runs ``Publish``,
-``HandBack`` and ``Forget`` (synchronous client).
+The router runs ``Submit``, ``Unqueue`` and ``Withdraw`` (asyncio client); the worker runs
+``Publish``, ``HandBack`` and ``Forget`` (synchronous client). A call given ``client`` runs there
+instead of on the client the script was registered with: one connection of it, or a pipeline
+(the reply then comes from ``execute``), where a ``WAIT`` after the script confirms its writes.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -74,6 +76,7 @@ return id
         images: int,
         queued: str,
         ttl_s: int,
+        client: Any = None,
     ) -> bytes | str | None:
         """The new entry's id, or None when the job's ``images`` would take ``counted`` past ``bound`` images.
 
@@ -85,7 +88,7 @@ return id
         # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag,
         # ARGV[6] the job's images.
         args: list[EncodableT] = [bound, job, queued, ttl_s, "1" if placed else "0", images]
-        return await self._script(keys=key_list, args=args)
+        return await self._script(keys=key_list, args=args, client=client)
 
 
 class Unqueue:
@@ -104,12 +107,42 @@ return n
     def __init__(self, client: aioredis.Redis) -> None:
         self._script = client.register_script(self.LUA)
 
-    async def __call__(self, *, stream: str, status: str, entry_id: str, cancelled: str, ttl_s: int) -> bool:
+    async def __call__(
+        self, *, stream: str, status: str, entry_id: str, cancelled: str, ttl_s: int, client: Any = None
+    ) -> bool:
         """True when the entry was removed unclaimed (and the status set to ``cancelled``)."""
         # KEYS[1] the stream the entry is on, KEYS[2] job status.
         # ARGV[1] group, ARGV[2] entry id, ARGV[3] cancelled status JSON, ARGV[4] TTL (s).
-        removed = await self._script(keys=[stream, status], args=[keys.WORKER_GROUP, entry_id, cancelled, ttl_s])
+        args: list[EncodableT] = [keys.WORKER_GROUP, entry_id, cancelled, ttl_s]
+        removed = await self._script(keys=[stream, status], args=args, client=client)
         return bool(removed)
+
+
+class Withdraw:
+    """Take back a job that was never accepted: its entry removed (or, if a worker holds it, marked
+    cancelled, so that the worker drops it unrun), its status and entry hash deleted."""
+
+    LUA = """
+local stream, status, entry, cancel = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local group, entry_id, ttl = ARGV[1], ARGV[2], ARGV[3]
+local ok, pending = pcall(redis.call, 'XPENDING', stream, group, entry_id, entry_id, 1)
+if ok and #pending > 0 then
+  redis.call('SET', cancel, '1', 'EX', ttl)
+else
+  redis.call('XDEL', stream, entry_id)
+end
+redis.call('DEL', status, entry)
+return 1
+"""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._script = client.register_script(self.LUA)
+
+    async def __call__(self, *, stream: str, status: str, entry: str, cancel: str, entry_id: str, ttl_s: int) -> None:
+        """Withdraw entry ``entry_id`` of ``stream``: the job is as if never submitted."""
+        # KEYS[1] the stream the entry is on, KEYS[2] job status, KEYS[3] job entry hash, KEYS[4] cancel mark.
+        # ARGV[1] group, ARGV[2] entry id, ARGV[3] cancel mark TTL (s).
+        await self._script(keys=[stream, status, entry, cancel], args=[keys.WORKER_GROUP, entry_id, ttl_s])
 
 
 class Publish:
@@ -143,12 +176,13 @@ return 1
         images: list[bytes],
         final: str,
         ttl_s: int,
+        client: Any = None,
     ) -> bool:
         """False when a result was written already (nothing changes then)."""
         # KEYS[1] job result hash, KEYS[2] job done list, KEYS[3] job status, KEYS[4] job events channel.
         # ARGV[1] result JSON, ARGV[2] TTL (s), ARGV[3] final status JSON, then each image's bytes in order.
         args: list[EncodableT] = [meta, ttl_s, final, *images]
-        return bool(self._script(keys=[result, done, status, events], args=args))
+        return bool(self._script(keys=[result, done, status, events], args=args, client=client))
 
 
 class HandBack:

@@ -59,12 +59,17 @@ class RequestLog(ObservedRequest):
 
 def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
     """The queue, the resolver and the job tracker of one app, and the Redis clients to close at shutdown."""
-    client = async_client(settings.redis_url, max_connections=settings.redis_max_connections)
+    target = settings.redis_target()
+    client = async_client(target, max_connections=settings.redis_max_connections)
     # One connection per waiting request; admitted requests are bounded by the queues' bound.
-    waiter = async_client(
-        settings.redis_url, max_connections=settings.queue_max * len(settings.pools) + 16, socket_timeout=10.0
+    waiter = async_client(target, max_connections=settings.queue_max * len(settings.pools) + 16, socket_timeout=10.0)
+    queue = JobQueue(
+        client,
+        worker_ttl_s=settings.worker_ttl_s,
+        queue_max=settings.queue_max,
+        waiter=waiter,
+        replication=settings.replication(),
     )
-    queue = JobQueue(client, worker_ttl_s=settings.worker_ttl_s, queue_max=settings.queue_max, waiter=waiter)
     token = settings.hf_token
     resolver = HubResolver(
         hub_fetcher(settings.hf_endpoint, token, settings.hub_timeout_s),
@@ -78,7 +83,7 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
     fleet = Fleet(placement_rules(settings))
     # Each event stream holds one pub/sub connection: a pool of their own keeps them from
     # starving the short commands; past the bound a stream waits, then answers 503.
-    events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)
+    events = async_client(target, max_connections=settings.event_streams_max, socket_timeout=10.0)
     tracker = JobTracker(client, events, scan_max=settings.queue_max)
     svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker)
     return svc, [client, waiter, events]

@@ -134,10 +134,14 @@ async def enqueue(svc: Services, job: Job) -> str:
 
 
 async def generate(svc: Services, job: Job, *, timeout_s: float, gone: Gone) -> tuple[JobResult, list[bytes]]:
-    """Enqueue the planned job and wait for its images: ``Timeout`` (the job cancelled) past ``timeout_s``."""
+    """Enqueue the planned job and wait for its images: ``Timeout`` (the job cancelled) past ``timeout_s``.
+
+    A job that Redis loses while it is waited for (a failover to a replica that never had it) is
+    enqueued again under the same id, once: whichever run writes the result first is the answer.
+    """
     await enqueue(svc, job)
     try:
-        found = await svc.queue.wait(job.id, timeout_s, stop=gone)
+        found = await svc.queue.wait(job.id, timeout_s, stop=gone, lost=lambda: enqueue(svc, job))
     except asyncio.CancelledError:
         await asyncio.shield(_cancel_quietly(svc.queue, job.id))
         raise
