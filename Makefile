@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.installed
 # A CPU build of torch is offered to pip on this kind of machine; a GPU host installs the normal wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help setup system-deps run test test-fast reliability-report lint format bench-swap bench-load bench-simulate \
-        deploy-check clean
+.PHONY: help setup system-deps run test test-fast reliability-report lint format bench-swap bench-swap-flux bench-load bench-simulate \
+        bench-batch deploy-check clean
 
 # Every target carries a `## what it does` comment: `make help` lists them from this file.
 help: ## list every target
@@ -67,11 +67,17 @@ format: $(STAMP) ## ruff format + ruff check --fix
 bench-swap: setup ## swap engine benchmark on an SDXL-shaped model (BENCH_ARGS=--quick)
 	$(PY) -m bench.swap $(BENCH_ARGS)
 
+bench-swap-flux: setup ## the swap benchmark on FLUX.1-dev-shaped transformer blocks (BENCH_ARGS="--device cuda --blocks 19,38" on a GPU)
+	$(PY) -m bench.swap --family flux $(BENCH_ARGS)
+
 bench-load: setup ## load benchmark on a real tiny farm (Zipf trace, reference vs lorafarm)
 	$(PY) -m bench.load $(BENCH_ARGS)
 
 bench-simulate: setup ## Hub-scale fleet simulation (BENCH_ARGS=--quick)
 	$(PY) -m bench.simulate $(BENCH_ARGS)
+
+bench-batch: setup ## images/s: four one-image jobs against one job of four (tiny base, SDXL-shaped UNet)
+	$(PY) -m bench.batch $(BENCH_ARGS)
 
 deploy-check: setup ## validate compose, Dockerfiles and Kubernetes manifests offline
 	bash deploy/check.sh

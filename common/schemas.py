@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
 MAX_ADAPTERS = 4
+MAX_SEED = 2**63 - 1
+#: Most images one job may make (``n`` of the OpenAI route and the job API); a router setting may lower it.
+MAX_IMAGES = 10
 ImageFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -35,6 +38,19 @@ class AdapterSpec(BaseModel):
     scale: Annotated[float, Number] = Field(default=1.0, ge=-4.0, le=4.0)
 
 
+class LoraPath(BaseModel):
+    """One adapter in the shape the Hub's inference providers send (fal): ``{"path", "scale"}``.
+
+    ``path`` is a repo id or ``https://huggingface.co/<org>/<name>``; it names a repo, and is never
+    fetched (``common.hub.repo_of_path`` reads the repo id out of it, or refuses it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=300)
+    scale: Annotated[float, Number] = Field(default=1.0, ge=-4.0, le=4.0)
+
+
 class Parameters(BaseModel):
     """``parameters`` of the Hugging Face Inference API text-to-image body.
 
@@ -48,9 +64,17 @@ class Parameters(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     width: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
     height: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
-    seed: Annotated[int | None, Number] = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Annotated[int | None, Number] = Field(default=None, ge=0, le=MAX_SEED)
     lora_scale: Annotated[float | None, Number] = Field(default=None, ge=-4.0, le=4.0)
     adapters: list[AdapterSpec] | None = Field(default=None, max_length=MAX_ADAPTERS)
+    #: The same composition as ``adapters``, in the providers' shape; one of the two at most.
+    loras: list[LoraPath] | None = Field(default=None, max_length=MAX_ADAPTERS)
+
+    @model_validator(mode="after")
+    def _one_list(self) -> Parameters:
+        if self.adapters is not None and self.loras is not None:
+            raise ValueError("give adapters or loras, not both (they are the same list)")
+        return self
 
 
 class InferenceRequest(BaseModel):
@@ -116,14 +140,24 @@ class Job(BaseModel):
     width: int | None = None
     height: int | None = None
     seed: int
+    #: Images to make, image k with seed ``seed + k`` (``seeds``): one swap for all of them.
+    images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     format: ImageFormat = "jpeg"
     enqueued_at: float = Field(default_factory=time.time)
     #: Epoch seconds past which nobody waits for the result: the worker drops the job unrun.
     deadline: float | None = None
+    #: The API key's tenant when the job counts for it (concurrency, fair share): settling the job
+    #: releases its place (``common/shares.py``). None: an anonymous job.
+    tenant: str | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed, seed + 1, ...``; image k alone is the job with ``seeds[k]``."""
+        return [self.seed + k for k in range(self.images)]
 
     def to_fields(self) -> dict[str, str]:
-        """Stream entry fields."""
-        return {"job": self.model_dump_json()}
+        """Stream entry fields: the job, and its images (what the pool's bound counts)."""
+        return {"job": self.model_dump_json(), "images": str(self.images)}
 
     @classmethod
     def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> Job:

@@ -12,6 +12,7 @@ from pathlib import Path
 from lorafarm import generate
 from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
 from lorafarm.supervisor import Backoff, Supervisor
+from router import keyring
 
 ZOO_STAMP = ".zoo-built"
 #: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p_gen = sub.add_parser("generate", help="generate one image through a router's job API, with a progress bar")
     generate.add_arguments(p_gen)
     p_gen.set_defaults(func=generate.run)
+    p_keys = sub.add_parser("keys", help="API keys of tenants, each with its limits (add prints the key once)")
+    keyring.add_arguments(p_keys)
+    p_keys.set_defaults(func=keyring.run)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -79,6 +79,8 @@ class Farm:
         self.redis_port = config.redis_port or free_port()
         self.devhub_port = config.devhub_port or free_port()
         self.router_port = config.router_port or free_port()
+        #: The port of each router by name: ``router``, and any started beside it (``start_router``).
+        self.router_ports = {"router": self.router_port}
         self._worker_count = 0
         self.replicated: ReplicatedRedis | None = None
         if config.redis_ha:
@@ -261,11 +263,21 @@ class Farm:
         ]
         wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env(), self.devhub_port))
 
-    def start_router(self) -> None:
-        env = self.base_env() | {"LORAFARM_PORT": str(self.router_port), "LORAFARM_HOST": "127.0.0.1"}
-        env.update(self.config.router_env)
-        router = self._spawn("router", [sys.executable, "-m", "router"], env, self.router_port)
-        wait_port(self.router_port, router, timeout=60)
+    def start_router(self, name: str = "router", env: dict[str, str] | None = None) -> str:
+        """Start a router (``router``, or another one beside it on a port of its own, as a second
+        replica behind a load balancer would run); returns its URL."""
+        port = self.router_ports.get(name) or free_port()
+        self.router_ports[name] = port
+        router_env = self.base_env() | {"LORAFARM_PORT": str(port), "LORAFARM_HOST": "127.0.0.1"}
+        router_env.update(self.config.router_env)
+        router_env.update(env or {})
+        router = self._spawn(name, [sys.executable, "-m", "router"], router_env, port)
+        wait_port(port, router, timeout=60)
+        return self.url_of(name)
+
+    def url_of(self, router: str) -> str:
+        """The URL of a router of the farm, by name."""
+        return f"http://127.0.0.1:{self.router_ports[router]}"
 
     def start_worker(self, pool: str | Sequence[str], env: dict[str, str] | None = None) -> str:
         """Start one worker of ``pool`` (of each of several pools: a multi-base worker); returns its

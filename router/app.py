@@ -16,13 +16,15 @@ from starlette.types import Scope
 from common.connections import async_client
 from common.hub import HubResolver, hub_fetcher
 from common.schemas import InferenceRequest
-from router import api, api_jobs, metrics, widget
+from router import api, api_jobs, api_openai, metrics, widget
 from router import errors as http_errors
+from router.admission import RATE_HEADERS
 from router.fleet import Fleet
 from router.observe import ObservedRequest
 from router.queue import JobQueue
 from router.services import Services
 from router.settings import RouterSettings, placement_rules
+from router.tenants import KeyDirectory, RateHeaders
 from router.tracker import JobTracker
 
 log = logging.getLogger("router")
@@ -50,6 +52,7 @@ class RequestLog(ObservedRequest):
             "duration_ms": f"{seconds * 1000:.1f}",
             "job": state.get("job_id"),
             "repo": state.get("repo"),
+            "tenant": getattr(state.get("tenant"), "name", None),
             "error_type": state.get("error_type"),
         }
         line = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
@@ -85,7 +88,8 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
     # starving the short commands; past the bound a stream waits, then answers 503.
     events = async_client(target, max_connections=settings.event_streams_max, socket_timeout=10.0)
     tracker = JobTracker(client, events, scan_max=settings.queue_max)
-    svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker)
+    directory = KeyDirectory(client, settings)
+    svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker, keys=directory)
     return svc, [client, waiter, events]
 
 
@@ -150,7 +154,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
         lifespan=lifespan,
     )
     http_errors.install(app)
-    for routes in (api, api_jobs, widget):
+    for routes in (api, api_jobs, api_openai, widget):
         app.include_router(routes.api)
     if settings.cors_origins:
         app.add_middleware(
@@ -165,9 +169,12 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 "x-adapter-warm",
                 "x-seed",
                 "location",
+                "retry-after",
+                *(name.lower() for name in RATE_HEADERS),
             ],
         )
+    app.add_middleware(RateHeaders)
     metrics.install(app)
     app.add_middleware(RequestLog)
-    _install_openapi(app, api_key=settings.api_key is not None)
+    _install_openapi(app, api_key=settings.api_key is not None or settings.tenant_keys)
     return app

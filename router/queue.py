@@ -26,7 +26,9 @@ from common.connections import REDIS_RETRY_AFTER_S, redis_errors
 from common.protocol import no_stream, read_result, text, unclaimed_start
 from common.replication import Replication
 from common.schemas import Job, JobResult, JobStatus, WorkerState
-from common.scripts import Placement, Submit, Unqueue, Withdraw
+from common.scripts import Placement, Submit, TenantJob, Unqueue, Withdraw
+from common.shares import Quota, TenantKeys
+from router.admission import job_time_s
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,15 @@ class JobQueue:
         return states
 
     async def streams(self, pool: str) -> list[str]:
-        """The pool's shared stream and the own streams of its workers (live or not yet adopted)."""
+        """The pool's shared stream, the own streams of its workers (live or not yet adopted), and the
+        stream of the jobs parked behind their key's fair share (``common/shares.py``)."""
         async with redis_errors():
             members: Any = await self.redis.zrange(keys.pool_workers(pool), 0, -1)
-        return [keys.pool_stream(pool), *(keys.worker_stream(pool, text(m)) for m in members)]
+        own = [keys.worker_stream(pool, text(m)) for m in members]
+        return [keys.pool_stream(pool), *own, keys.pool_parked(pool)]
 
     async def depth(self, pool: str) -> int:
-        """Jobs of the pool waiting or in hand, on all its streams."""
+        """Jobs of the pool waiting (parked too) or in hand, on all its streams."""
         streams = await self.streams(pool)
         async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)
@@ -113,13 +117,24 @@ class JobQueue:
         # An entry id starts with its enqueue time in milliseconds.
         return int(text(entries[0][0]).split("-")[0]) / 1000
 
-    async def submit(self, job: Job, *, worker_id: str | None = None, workers: list[WorkerState] | None = None) -> str:
+    async def submit(
+        self,
+        job: Job,
+        *,
+        worker_id: str | None = None,
+        workers: list[WorkerState] | None = None,
+        tenant: str | None = None,
+        quota: Quota | None = None,
+    ) -> str:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
 
         ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
-        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``;
-        ``RedisUnavailable`` when Redis is down, or the required replicas did not confirm the job
-        in time (it is withdrawn then).
+        live worker serves the pool and ``QueueFull`` when the job's images would take the pool
+        past its bound (images waiting or in hand), both with ``retry_after``; ``RedisUnavailable``
+        when Redis is down, or the required replicas did not confirm the job in time (it is
+        withdrawn then). With a ``quota``, the job counts for its key (``tenant``):
+        ``ConcurrencyLimited`` and ``KeyQueueFull`` past it (both in jobs), and the job parks past
+        the key's fair share.
         """
         if workers is None:
             workers = await self.live_workers(job.pool)
@@ -130,6 +145,11 @@ class JobQueue:
         if worker_id:
             placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(job.pool, worker_id))
         counted = await self.streams(job.pool)
+        slot = None
+        if tenant is not None and quota is not None:
+            job = job.model_copy(update={"tenant": tenant})
+            expiry = (job.deadline or time.time() + keys.RESULT_TTL_S) + keys.TENANT_SLOT_SLACK_S
+            slot = TenantJob(name=tenant, keys=TenantKeys.of(job.pool, tenant), quota=quota, expiry=expiry)
         submit = partial(
             self._submit,
             shared=keys.pool_stream(job.pool),
@@ -137,21 +157,40 @@ class JobQueue:
             entry=keys.job_entry(job.id),
             counted=counted,
             placed=placed,
+            tenant=slot,
             bound=self.queue_max,
-            job=job.model_dump_json(),
+            job=job,
+            images=job.images,
             queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
         )
         async with redis_errors():
-            entry_id, replicated = await self._confirmed(submit)
+            (outcome, entry_id), replicated = await self._confirmed(submit)
             if entry_id is not None and not replicated:
                 await self._withdraw_unreplicated(job.id)
         if entry_id is None:
-            raise errors.QueueFull(
-                f"the queue of {job.pool} is full ({self.queue_max} jobs)",
-                retry_after=drain_estimate(self.queue_max, workers),
+            raise self._refusal(outcome, job, tenant, quota, workers)
+        return entry_id
+
+    def _refusal(
+        self, outcome: str, job: Job, tenant: str | None, quota: Quota | None, workers: list[WorkerState]
+    ) -> errors.LorafarmError:
+        """The error of a submit the script refused (``outcome``: the limit it met)."""
+        drain = drain_estimate(self.queue_max, workers)
+        if outcome == "concurrency_limited" and quota is not None:
+            retry = job_time_s([w.inference_s for w in workers])
+            return errors.ConcurrencyLimited(
+                f"key {tenant} has {quota.concurrency} unfinished jobs, its concurrency limit", retry_after=retry
             )
-        return text(entry_id)
+        if outcome == "key_queue_full" and quota is not None:
+            return errors.KeyQueueFull(
+                f"key {tenant} holds {quota.pool_cap} jobs of the queue of {job.pool}, its share; other keys "
+                "still get in",
+                retry_after=drain,
+            )
+        return errors.QueueFull(
+            f"the queue of {job.pool} is full ({self.queue_max} images waiting or in hand)", retry_after=drain
+        )
 
     async def wait(
         self,
@@ -160,8 +199,8 @@ class JobQueue:
         *,
         stop: Callable[[], Awaitable[bool]] | None = None,
         lost: Callable[[], Awaitable[object]] | None = None,
-    ) -> tuple[JobResult, bytes | None] | None:
-        """The job's result and image, or None past ``timeout_s`` (or once ``stop()`` says so).
+    ) -> tuple[JobResult, list[bytes]] | None:
+        """The job's result and images, or None past ``timeout_s`` (or once ``stop()`` says so).
 
         A Redis outage during the wait is ridden out until the deadline: the job was accepted,
         and its result is read once Redis is back. If Redis comes back without the job (its
@@ -199,8 +238,8 @@ class JobQueue:
             "the job was lost twice with its Redis primary; submit it again", retry_after=REDIS_RETRY_AFTER_S
         )
 
-    async def result(self, job_id: str) -> tuple[JobResult, bytes | None] | None:
-        """The job's published result and image, or None when there is none (yet)."""
+    async def result(self, job_id: str) -> tuple[JobResult, list[bytes]] | None:
+        """The job's published result and images, or None when there is none (yet)."""
         async with redis_errors():
             raw = await self.redis.hgetall(keys.job_result(job_id))
         return read_result(raw)
@@ -242,13 +281,15 @@ class JobQueue:
     async def _cancel(self, job_id: str, *, client: Any = None) -> bool:
         client = client or self.redis
         await client.set(keys.job_cancel(job_id), "1", ex=keys.CANCEL_TTL_S)
-        where = await client.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+        where = await client.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
         if where[0] is None or where[1] is None:
             return False
         return await self._unqueue(
             stream=text(where[0]),
             status=keys.job_status(job_id),
             entry_id=text(where[1]),
+            job_id=job_id,
+            tenant=tenant_keys(where[2], where[3]),
             cancelled=JobStatus(job_id=job_id, state="cancelled").model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
             client=client,
@@ -257,7 +298,7 @@ class JobQueue:
     async def _withdraw_unreplicated(self, job_id: str) -> None:
         """Withdraw a job its replicas did not confirm (as if never submitted, ``Withdraw``), and refuse it."""
         log.warning("event=not_replicated job=%s replicas=%d (withdrawn)", job_id, self.replication.replicas)
-        where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+        where = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
         if where[0] is not None and where[1] is not None:
             await self._withdraw(
                 stream=text(where[0]),
@@ -265,6 +306,8 @@ class JobQueue:
                 entry=keys.job_entry(job_id),
                 cancel=keys.job_cancel(job_id),
                 entry_id=text(where[1]),
+                job_id=job_id,
+                tenant=tenant_keys(where[2], where[3]),
                 ttl_s=keys.CANCEL_TTL_S,
             )
         raise errors.RedisUnavailable(
@@ -272,7 +315,7 @@ class JobQueue:
             retry_after=REDIS_RETRY_AFTER_S,
         )
 
-    async def _poll(self, job_id: str) -> tuple[tuple[JobResult, bytes | None] | None, bool]:
+    async def _poll(self, job_id: str) -> tuple[tuple[JobResult, list[bytes]] | None, bool]:
         """The job's result if written, and whether Redis knows the job at all (its result or status)."""
         async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)
@@ -281,6 +324,11 @@ class JobQueue:
             raw, status = await pipe.execute()
         found = read_result(raw)
         return found, found is not None or bool(status)
+
+
+def tenant_keys(pool: bytes | str | None, tenant: bytes | str | None) -> TenantKeys | None:
+    """The key's Redis keys of a job's entry hash (``pool`` and ``tenant`` fields), or None for an anonymous job."""
+    return TenantKeys.of(text(pool), text(tenant)) if pool is not None and tenant is not None else None
 
 
 def drain_estimate(depth: int, workers: list[WorkerState], *, cap_s: float = 60.0) -> float:

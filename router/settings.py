@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from common.schemas import MAX_IMAGES
 from common.settings import CommonSettings, split_list
 from router.placement import PlacementRules
 
@@ -39,7 +40,20 @@ class RouterSettings(CommonSettings):
         ge=1,
         description="Concurrent `GET /jobs/{id}/events` streams (one Redis connection each).",
     )
-    queue_max: int = Field(default=64, ge=1, description="Jobs waiting or in hand per pool; past it 429.")
+    queue_max: int = Field(
+        default=64,
+        ge=1,
+        description="Images waiting or in hand per pool (a job of n images counts n); past it 429.",
+    )
+    images_max: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_IMAGES,
+        description=(
+            f"Most images one request may ask (`n` of `POST /v1/images/generations` and `POST /jobs`; at most "
+            f"{MAX_IMAGES}; `queue_max` when that is lower)."
+        ),
+    )
     affinity: bool = Field(
         default=True,
         description="Place each job on a worker that holds its adapter (false: any worker, the reference).",
@@ -75,6 +89,36 @@ class RouterSettings(CommonSettings):
     )
     api_key: SecretStr | None = Field(
         default=None, description="When set, requests need `Authorization: Bearer <key>` (401 otherwise)."
+    )
+    api_key_rate_per_s: float = Field(
+        default=0.0, ge=0, description="Generation requests per second of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    api_key_burst: int = Field(default=0, ge=0, description="Requests at once above that rate (0: one second's worth).")
+    api_key_concurrency: int = Field(
+        default=0, ge=0, description="Unfinished jobs at once of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    tenant_keys: bool = Field(
+        default=False,
+        description=(
+            "Require an API key of the key ring in Redis (`lorafarm keys add`), each with its own name and "
+            "limits, and share each pool fairly between keys (`LORAFARM_API_KEY`, if set, is one more key)."
+        ),
+    )
+    key_cache_s: float = Field(
+        default=2.0, ge=0, description="Seconds a router trusts a key it looked up: a revoked key works this long."
+    )
+    tenant_share_per_worker: int = Field(
+        default=2,
+        ge=1,
+        description="With `LORAFARM_TENANT_KEYS`: jobs one key may have on a pool's streams per live worker; "
+        "further jobs of that key wait behind other keys' jobs (parked).",
+    )
+    tenant_queue_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="With `LORAFARM_TENANT_KEYS`: the part of a pool's `LORAFARM_QUEUE_MAX` one key may fill "
+        "(429 `key_queue_full` past it), so a burst of one key leaves room for the others.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated; empty: CORS off)."
@@ -113,6 +157,11 @@ class RouterSettings(CommonSettings):
         elif self.default_base not in self.pools:
             raise ValueError(f"default_base {self.default_base!r} is not one of the pools {self.pools}")
         return self
+
+    @property
+    def max_images(self) -> int:
+        """Most images one request may ask: a job of more would never fit its pool's bound."""
+        return min(self.images_max, self.queue_max)
 
     @property
     def base(self) -> str:

@@ -65,18 +65,31 @@ class JobTracker:
             await self._unbind(keys=[keys.idempotency(key)], args=[job_id])
 
     async def position(self, job_id: str) -> int | None:
-        """Jobs ahead of this one on the stream it waits on (waiting or in hand); None once it left it."""
+        """Jobs ahead of this one on the stream it waits on (waiting or in hand); None once it left it.
+
+        A job parked behind its key's fair share has its own key's jobs ahead of it: those on the
+        pool's streams and those parked before it (it moves up as they settle).
+        """
         async with redis_errors():
-            stream, entry_id = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+            found = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
+            stream, entry_id, pool, tenant = (None if v is None else _text(v) for v in found)
             if stream is None or entry_id is None:
                 return None
-            entry = _text(entry_id)
+            if pool is not None and tenant is not None and stream == keys.pool_parked(pool):
+                return await self._parked_position(pool, tenant, entry_id)
             pipe = self.redis.pipeline(transaction=False)
             # Streams are bounded (queue_max per pool), so this range is short.
-            pipe.xrange(_text(stream), "-", f"({entry}", count=self.scan_max)
-            pipe.xrange(_text(stream), entry, entry, count=1)
+            pipe.xrange(stream, "-", f"({entry_id}", count=self.scan_max)
+            pipe.xrange(stream, entry_id, entry_id, count=1)
             ahead, mine = await pipe.execute()
         return len(ahead) if mine else None
+
+    async def _parked_position(self, pool: str, tenant: str, entry_id: str) -> int | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.tenant_streamed(pool, tenant))
+        pipe.lpos(keys.tenant_parked(pool, tenant), entry_id)
+        streamed, index = await pipe.execute()
+        return None if index is None else int(streamed) + int(index)
 
     async def announce(self, status: JobStatus) -> None:
         """Publish a state the router set itself (a cancel before any worker took the job)."""

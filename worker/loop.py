@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 _REDIS_DOWN = OUTAGES
 _MAX_BACKOFF_S = 5.0
 #: Results waiting to be settled again (Redis down, or the replicas did not confirm them) past
-#: which the worker claims no new job: each one holds its image in memory.
+#: which the worker claims no new job: each one holds its images in memory.
 _MAX_UNSETTLED = 8
 
 
@@ -41,7 +41,7 @@ class Unsettled:
 
     delivery: Delivery
     result: JobResult
-    image: bytes | None
+    images: list[bytes]
 
 
 class Worker:
@@ -117,7 +117,7 @@ class Worker:
         """
         while self.unsettled:
             first = self.unsettled[0]
-            if not self.bases[first.delivery.pool].queue.settle(first.delivery, first.result, first.image):
+            if not self.bases[first.delivery.pool].queue.settle(first.delivery, first.result, first.images):
                 break
             self.unsettled.pop(0)
             log.info("event=result_settled job=%s", first.result.job_id)
@@ -177,7 +177,9 @@ class Worker:
         (a job of another base ends the run: the base switch restores this one)."""
         order = self._in_order(slot.pool, adapter_set_key(job.adapters))
         upcoming = [adapter_set_key(d.job.adapters) if d.pool == slot.pool else f"<{d.pool}>" for d in order]
-        return Outlook(steps=job.num_inference_steps or slot.default_steps, upcoming=upcoming)
+        # The denoising steps of all the job's images run on the adapters of this one swap.
+        steps = (job.num_inference_steps or slot.default_steps) * job.images
+        return Outlook(steps=steps, upcoming=upcoming)
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -230,7 +232,7 @@ class Worker:
         metrics.swap_seconds.observe(outcome.seconds)
         infer_start = time.perf_counter()
         cancelled = threading.Event()
-        image = generate(
+        images = generate(
             slot.pipe,
             job,
             family=slot.family,
@@ -244,7 +246,8 @@ class Worker:
         if cancelled.is_set():
             self._settle(delivery, "cancelled", "the job was cancelled while it ran", errors.JobCancelled.error_type)
             return
-        data, content_type = encode(image, job.format)
+        encoded = [encode(image, job.format) for image in images]
+        content_type = encoded[0][1]
         result = JobResult(
             job_id=job.id,
             status="done",
@@ -258,38 +261,40 @@ class Worker:
             compute_s=time.perf_counter() - start,
         )
         log.info(
-            "event=job_done job=%s pool=%s adapters=%s warm=%s mode=%s swap_s=%.4f base_switch=%s inference_s=%.3f",
+            "event=job_done job=%s pool=%s adapters=%s images=%d warm=%s mode=%s swap_s=%.4f base_switch=%s "
+            "inference_s=%.3f",
             job.id,
             slot.pool,
             ",".join(r.key for r in job.adapters) or "-",
+            len(encoded),
             result.warm,
             outcome.mode,
             outcome.seconds,
             switch.kind,
             inference_s,
         )
-        self._finish(delivery, result, data)
+        self._finish(delivery, result, [data for data, _ in encoded])
 
-    def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
+    def _finish(self, delivery: Delivery, result: JobResult, images: list[bytes]) -> None:
         """Settle a job run to its result; kept to settle again if Redis is down or the replicas lag."""
         slot = self.bases[delivery.pool]
         self.metrics.of(slot.pool).job(result.status)
         slot.jobs_done += 1
         try:
-            settled = slot.queue.settle(delivery, result, image)
+            settled = slot.queue.settle(delivery, result, images)
         except _REDIS_DOWN:
-            self.unsettled.append(Unsettled(delivery, result, image))
+            self.unsettled.append(Unsettled(delivery, result, images))
             raise
         if not settled:
             log.warning("event=result_unconfirmed job=%s (settled again until the replicas hold it)", result.job_id)
-            self.unsettled.append(Unsettled(delivery, result, image))
+            self.unsettled.append(Unsettled(delivery, result, images))
 
     def _settle(self, delivery: Delivery, status: Literal["failed", "cancelled"], error: str, error_type: str) -> None:
         """Publish a result without an image (failed or cancelled) and acknowledge the job."""
         result = JobResult(
             job_id=delivery.job.id, status=status, worker_id=self.worker_id, error=error, error_type=error_type
         )
-        self._finish(delivery, result, None)
+        self._finish(delivery, result, [])
 
     def _progress(self, job: Job, slot: BaseSlot, cancelled: threading.Event) -> Any:
         last = 0.0

@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 from huggingface_hub import snapshot_download
 from PIL import Image
 
-from common.families import Family, family_of
+from common.families import BatchMode, Family, family_of
 from common.schemas import Job
 from worker.families import PipelineFamily
 from worker.settings import WorkerSettings
@@ -79,33 +79,57 @@ def generate(
     steps: int,
     size: int | None = None,
     on_step: StepHook | None = None,
-) -> Image.Image:
-    """Run the pipeline for one job; the same job (seed included) gives the same image.
+    batch: BatchMode | None = None,
+) -> list[Image.Image]:
+    """Run the pipeline for one job: its ``images``, image k from seed ``job.seeds[k]``.
 
-    ``steps`` and ``size`` (width and height) are the worker's defaults for a job naming none;
-    ``None`` size: the pipeline's own. Parameters the family does not take raise ``InvalidRequest``.
+    The same job (seed included) gives the same images, and image k is the image of the one-image
+    job with seed ``job.seeds[k]``: the family's ``batch`` says whether one pipeline call keeps that
+    promise (``one_call``) or the images are made one call each (``loop``); ``batch`` overrides it
+    (the benchmark compares both). ``steps`` and ``size`` (width and height) are the worker's
+    defaults for a job naming none; ``None`` size: the pipeline's own. Parameters the family does
+    not take raise ``InvalidRequest``. ``on_step`` counts the steps of all the images.
     """
     steps = job.num_inference_steps or steps
-    kwargs = family.call_kwargs(
-        job.prompt,
-        steps=steps,
-        seed=job.seed,
-        size=size,
-        guidance_scale=job.guidance_scale,
-        negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
-    )
-    if on_step is not None:
+    mode = batch or family.facts.batch
+    calls = [job.seeds] if mode == "one_call" or job.images == 1 else [[s] for s in job.seeds]
+    progress = _Progress(on_step, steps, len(calls))
+    images: list[Image.Image] = []
+    for seeds in calls:
+        kwargs = family.call_kwargs(
+            job.prompt,
+            steps=steps,
+            seed=seeds if len(seeds) > 1 else seeds[0],
+            size=size,
+            guidance_scale=job.guidance_scale,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+        )
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = progress.callback
+        with torch.inference_mode():
+            images += pipe(**kwargs).images
+        if progress.stopped:
+            break
+        progress.calls_done += 1
+    return images
 
-        def _callback(p: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step(step + 1, steps):
-                p._interrupt = True
-            return callback_kwargs
 
-        kwargs["callback_on_step_end"] = _callback
-    with torch.inference_mode():
-        return pipe(**kwargs).images[0]
+class _Progress:
+    """The pipeline callback of a job's calls: steps counted over all of them, and the stop asked."""
+
+    def __init__(self, on_step: StepHook | None, steps: int, calls: int) -> None:
+        self.on_step, self.steps, self.calls = on_step, steps, calls
+        self.calls_done = 0
+        self.stopped = False
+
+    def callback(self, p: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        done = self.calls_done * self.steps + step + 1
+        if self.on_step is not None and self.on_step(done, self.steps * self.calls):
+            p._interrupt = True
+            self.stopped = True
+        return callback_kwargs
 
 
 def encode(image: Image.Image, fmt: str) -> tuple[bytes, str]:

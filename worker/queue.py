@@ -22,6 +22,7 @@ from common.protocol import no_stream, terminal_status, text, unclaimed_start
 from common.replication import Replication
 from common.schemas import Job, JobResult, JobStatus, WorkerState
 from common.scripts import HandBack, Publish
+from common.shares import TenantKeys
 from worker import deadletter
 from worker.adoption import Adoption
 from worker.pools import PoolQueues
@@ -130,6 +131,7 @@ class WorkerQueue:
                 entry=keys.job_entry(d.job.id),
                 entry_id=d.entry_id,
                 job=d.job.model_dump_json(),
+                images=d.job.images,
             )
             log.info("event=handed_back job=%s", d.job.id)
 
@@ -200,11 +202,15 @@ class WorkerQueue:
         pipe.publish(keys.job_events(status.job_id), raw)
         pipe.execute()
 
-    def publish_result(self, result: JobResult, image: bytes | None) -> bool:
-        """Write the job's result once and wake its waiter; False when a result was already written."""
-        return self._publish(**self._publish_args(result, image))
+    def publish_result(self, result: JobResult, images: list[bytes], job: Job | None = None) -> bool:
+        """Write the job's result (its images, none for a job that made none) once and wake its waiter.
 
-    def settle(self, delivery: Delivery, result: JobResult, image: bytes | None) -> bool:
+        False when a result was already written. ``job``: the job settled, when known; a key's job
+        then gives its place back to its key (its concurrency, its fair share: ``common/shares.py``).
+        """
+        return self._publish(**self._publish_args(result, images, job))
+
+    def settle(self, delivery: Delivery, result: JobResult, images: list[bytes]) -> bool:
         """Publish the job's result and acknowledge its entry; False while the replicas do not hold both.
 
         Without replicas required this is ``publish_result`` then ``ack``. With them, both go on one
@@ -213,13 +219,13 @@ class WorkerQueue:
         a failover, on the new primary, which may lack both.
         """
         if not self.replication.required:
-            if not self.publish_result(result, image):
+            if not self.publish_result(result, images, delivery.job):
                 log.info("event=duplicate_result job=%s", result.job_id)
             self.ack(delivery.entry_id, delivery.stream)
             return True
         key, stream = keys.job_result(result.job_id), delivery.stream or self.stream
         pipe = self.redis.pipeline(transaction=False)
-        self._publish(client=pipe, **self._publish_args(result, image))
+        self._publish(client=pipe, **self._publish_args(result, images, delivery.job))
         # A write that always propagates: when the result was written by an earlier try, WAIT
         # after it still confirms that result (replicas receive the primary's writes in order).
         pipe.expire(key, keys.RESULT_TTL_S)
@@ -283,16 +289,21 @@ class WorkerQueue:
 
     # --- helpers ---
 
-    def _publish_args(self, result: JobResult, image: bytes | None) -> dict[str, Any]:
+    def _publish_args(self, result: JobResult, images: list[bytes], job: Job | None) -> dict[str, Any]:
+        if not isinstance(images, list):
+            raise TypeError("images: a list of image bytes")
+        tenant = job.tenant if job is not None else None
         return {
             "result": keys.job_result(result.job_id),
             "done": keys.job_done(result.job_id),
             "status": keys.job_status(result.job_id),
             "events": keys.job_events(result.job_id),
             "meta": result.model_dump_json(),
-            "image": image,
+            "images": images,
             "final": terminal_status(result).model_dump_json(),
             "ttl_s": keys.RESULT_TTL_S,
+            "job_id": result.job_id,
+            "tenant": TenantKeys.of(self.pool, tenant) if tenant else None,
         }
 
     def _delivery(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> Delivery | None:
@@ -316,7 +327,7 @@ class WorkerQueue:
             worker_id=self.worker_id,
         )
         error = f"the job failed on {tries} deliveries and was dropped"
-        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None)
+        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), [], job)
         self.ack(delivery.entry_id, delivery.stream)
 
     def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
@@ -333,5 +344,5 @@ class WorkerQueue:
         )
         job_id = deadletter.salvage_job_id(raw)
         if job_id is not None:
-            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), None)
+            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), [])
         self.ack(entry_id, stream)

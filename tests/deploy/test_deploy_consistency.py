@@ -289,16 +289,22 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {so['metadata']['name']} scales {target}, not a worker"
         bases = _bases(workers[target][1])
-        modes: dict[str, set[str]] = {}
+        watched = set()
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert trigger["type"] in ("redis-streams", "redis-sentinel-streams")
-            assert meta["stream"] in map(keys.pool_stream, bases), f"{target}: trigger {trigger.get('name')}"
+            watched.add(meta["stream"])
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.WORKER_GROUP
-            modes.setdefault(meta["stream"], set()).add("lag" if "lagCount" in meta else "len")
-        # Every pool the worker serves is watched, each by its lag and its length (lag can be null).
-        assert modes == {keys.pool_stream(b): {"lag", "len"} for b in bases}, f"{target}: {modes}"
+        # Every pool the worker serves is watched, its shared stream and the parked jobs of keys past
+        # their fair share (on a stream of their own, read by no worker).
+        assert watched == {s for b in bases for s in (keys.pool_stream(b), keys.pool_parked(b))}, f"{target}: {watched}"
+        for b in bases:
+            shared = [t for t in so["spec"]["triggers"] if t["metadata"]["stream"] == keys.pool_stream(b)]
+            modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in shared}
+            assert modes == {"lag", "len"}, (
+                f"{target}: combine the group's lag with the stream length (lag can be null)"
+            )
     for hpa in _named(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]["name"]
         assert target in workers

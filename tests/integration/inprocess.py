@@ -165,13 +165,13 @@ class StubWorker:
         if self.mode == "fail":
             error_type, message = self.failure
             result = JobResult(job_id=job.id, status="failed", error=message, error_type=error_type)
-            self.queue.publish_result(result, None)
+            self.queue.publish_result(result, [])
             return
         time.sleep(1.0)  # slow
         buf = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buf, format="JPEG")
         result = JobResult(job_id=job.id, status="done", content_type="image/jpeg", worker_id=self.worker_id)
-        self.queue.publish_result(result, buf.getvalue())
+        self.queue.publish_result(result, [buf.getvalue()] * job.images)
 
     def __enter__(self) -> StubWorker:
         self._thread.start()

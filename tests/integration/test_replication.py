@@ -16,8 +16,10 @@ import redis.asyncio as aioredis
 
 from common import errors, keys
 from common.connections import OUTAGES, async_client, sync_client
+from common.protocol import image_field
 from common.replication import Replication
 from common.schemas import WorkerState
+from common.shares import Quota
 from router.queue import JobQueue
 from tests.integration.inprocess import SDXL, AppClient, assert_error
 from tests.integration.queues import PNG, done, job, worker
@@ -82,6 +84,21 @@ async def test_with_the_replica_silent_the_job_is_withdrawn_and_refused(
     assert await q.depth(pool) == 0
 
 
+async def test_a_withdrawn_job_of_a_key_gives_the_keys_place_back(
+    replicas: ReplicaPair, primary: aioredis.Redis, sync_primary: redis.Redis, pool: str
+) -> None:
+    worker(sync_primary, pool, "w1")
+    q = JobQueue(primary, worker_ttl_s=10, queue_max=8, replication=ONE)
+    one = Quota(concurrency=1, share=1, pool_cap=0)
+    name = f"k-{pool.rsplit('-', 1)[-1]}"
+    with replicas.silent_replica(), pytest.raises(errors.RedisUnavailable):
+        await q.submit(job(pool), tenant=name, quota=one)
+    # Never accepted, so it holds nothing of its key's concurrency: the next job gets in.
+    assert sync_primary.zcard(keys.tenant_jobs(name)) == 0
+    await q.submit(job(pool), tenant=name, quota=one)
+    assert sync_primary.zcard(keys.tenant_jobs(name)) == 1
+
+
 async def test_a_withdrawn_job_a_worker_claimed_meanwhile_is_dropped_unrun(
     replicas: ReplicaPair, primary: aioredis.Redis, sync_primary: redis.Redis, pool: str
 ) -> None:
@@ -109,15 +126,15 @@ async def test_a_result_the_replica_did_not_confirm_is_settled_again(
     await q.submit(j)
     [delivery] = w.claim(block_ms=100)
     with replicas.silent_replica():
-        assert w.settle(delivery, done(j.id), PNG) is False
+        assert w.settle(delivery, done(j.id), [PNG]) is False
     # The replica caught up meanwhile, but only a settle confirmed by WAIT counts: the same call again.
-    assert w.settle(delivery, done(j.id, "second try"), b"other") is True
+    assert w.settle(delivery, done(j.id, "second try"), [b"other"]) is True
     meta = replica.hget(keys.job_result(j.id), "meta")
     assert meta is not None and b'"worker_id":"w1"' in meta  # written once, by the first try
-    assert replica.hget(keys.job_result(j.id), "image") == PNG
+    assert replica.hget(keys.job_result(j.id), image_field(0)) == PNG
     assert replica.xlen(keys.pool_stream(pool)) == 0  # acknowledged and deleted there too
-    result, image = await q.wait(j.id, timeout_s=1)  # type: ignore[misc]
-    assert (result.worker_id, image) == ("w1", PNG)
+    result, images = await q.wait(j.id, timeout_s=1)  # type: ignore[misc]
+    assert (result.worker_id, images) == ("w1", [PNG])
 
 
 async def test_a_cancel_the_replica_did_not_confirm_is_refused(
