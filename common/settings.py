@@ -5,8 +5,21 @@ Only settings classes read the environment; entrypoints build them and pass them
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def split_list(value: Any) -> Any:
+    """Accept ``a,b`` as well as a JSON list (or a list) for list-valued variables."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class CommonSettings(BaseSettings):

@@ -7,19 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from common.settings import CommonSettings
-
-
-def _split(value: Any) -> Any:
-    """Accept ``a,b`` as well as a JSON list (or a list) for list-valued variables."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            import json
-
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
+from common.settings import CommonSettings, split_list
 
 
 class RouterSettings(CommonSettings):
@@ -89,7 +77,7 @@ class RouterSettings(CommonSettings):
     @field_validator("pools", "cors_origins", mode="before")
     @classmethod
     def _split_lists(cls, value: Any) -> Any:
-        return _split(value)
+        return split_list(value)
 
     @field_validator("pools")
     @classmethod

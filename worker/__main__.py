@@ -12,8 +12,11 @@ import redis
 
 from common.connections import sync_client
 from worker.calibrate import calibrate
+from worker.compiled import CompiledDenoiser, CompileFailed
 from worker.engine import SwapEngine
+from worker.families import pipeline_family
 from worker.loop import Worker
+from worker.lowrank import FixedRank
 from worker.metrics import WorkerMetrics
 from worker.pipeline import load_base, resolve_device
 from worker.probe import start_probe
@@ -35,6 +38,56 @@ def build_settings(argv: list[str] | None = None) -> tuple[WorkerSettings, bool]
     return settings, args.burst
 
 
+def build_engine(settings: WorkerSettings, pipe: Any) -> SwapEngine:
+    """The swap engine; with fixed-shape unfused factors when a compiled denoiser may serve unfused."""
+    fixed = None
+    if settings.compile != "off" and settings.swap_mode != "fused":
+        targets = tuple(settings.compile_unfused_targets) or pipeline_family(type(pipe)).lora_targets
+        fixed = FixedRank(settings.compile_unfused_rank, targets, settings.compile_unfused_overflow)
+    engine = SwapEngine(
+        pipe,
+        pristine=settings.pristine,
+        headroom_bytes=settings.pristine_headroom_bytes,
+        host_bytes=settings.pristine_host_bytes,
+        fixed=fixed,
+    )
+    if fixed is not None:
+        logging.getLogger("worker").info(
+            "event=unfused_buffers modules=%d rank=%d bytes=%d",
+            len(engine.padded_targets),
+            fixed.rank,
+            engine.padded_bytes,
+        )
+    return engine
+
+
+def compile_or_exit(settings: WorkerSettings, pipe: Any, metrics: WorkerMetrics) -> CompiledDenoiser | None:
+    """Compile and warm up the denoiser (compile on), or stop the process: never a half-ready worker."""
+    if settings.compile == "off":
+        return None
+    log = logging.getLogger("worker")
+    compiled = CompiledDenoiser(
+        pipe,
+        pipeline_family(type(pipe)),
+        mode=settings.compile,
+        scope=settings.compile_scope,
+        sizes=settings.served_sizes(),
+        default=settings.default_size,
+        new_sizes=settings.compile_new_sizes,
+        device=resolve_device(settings.device),
+    )
+    try:
+        seconds = compiled.compile()
+    except CompileFailed as exc:
+        log.error("event=compile_failed mode=%s scope=%s error=%s", settings.compile, settings.compile_scope, exc)
+        log.debug("compile traceback", exc_info=exc)
+        raise SystemExit(1) from exc
+    sizes = ",".join(f"{w}x{h}" for w, h in compiled.sizes)
+    log.info("event=compiled mode=%s scope=%s sizes=%s seconds=%.1f", compiled.mode, compiled.scope, sizes, seconds)
+    metrics.watch_compile(seconds, lambda: compiled.recompiles)
+    return compiled
+
+
 def main(argv: list[str] | None = None) -> None:
     settings, burst = build_settings(argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -50,16 +103,13 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = WorkerMetrics(settings.base)
     pipe = load_base(settings)
+    # The engine's hooks exist before the compile; calibration runs on the compiled denoiser.
+    engine = None if settings.stock_swap else build_engine(settings, pipe)
+    compiled = compile_or_exit(settings, pipe, metrics)
     swapper: Swapper
-    if settings.stock_swap:
+    if engine is None:
         swapper = StockSwapper(pipe, settings)
     else:
-        engine = SwapEngine(
-            pipe,
-            pristine=settings.pristine,
-            headroom_bytes=settings.pristine_headroom_bytes,
-            host_bytes=settings.pristine_host_bytes,
-        )
         store = AdapterStore(settings, engine=engine)
         metrics.watch_cache(store.cache.counts)
         metrics.watch_pristine(engine.pristine_tiers)
@@ -69,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
     client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
     queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
-    worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device))
+    worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device), compiled=compiled)
     if settings.worker_port:
         start_probe(
             settings.worker_host,

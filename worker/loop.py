@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis
 
@@ -18,6 +18,9 @@ from worker.pipeline import encode, generate
 from worker.queue import Delivery, WorkerQueue
 from worker.settings import WorkerSettings
 from worker.swapper import Outlook, Swapper
+
+if TYPE_CHECKING:
+    from worker.compiled import CompiledDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class Worker:
         metrics: WorkerMetrics,
         *,
         device: str = "cpu",
+        compiled: CompiledDenoiser | None = None,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -44,6 +48,8 @@ class Worker:
         self.swapper = swapper
         self.metrics = metrics
         self.device = device
+        #: The base's compiled denoiser (warmed up before this worker was built), if compile is on.
+        self.compiled = compiled
         self.family = pipeline_family(type(pipe))
         #: Steps of a job that names none: the setting, else the family's default.
         self.default_steps = settings.default_steps or self.family.facts.default_steps
@@ -182,6 +188,7 @@ class Worker:
             steps=self.default_steps,
             size=self.settings.default_size,
             on_step=self._progress(job, cancelled),
+            compiled=self.compiled,
         )
         inference_s = time.perf_counter() - infer_start
         self.metrics.inference_seconds.observe(inference_s)

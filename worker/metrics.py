@@ -56,6 +56,12 @@ class WorkerMetrics:
             ["pool"],
             registry=self.registry,
         ).labels(**labels)
+        self.compile_seconds = Gauge(
+            "lorafarm_compile_seconds",
+            "Seconds the denoiser took to compile and warm up at start (absent: compile off).",
+            ["pool"],
+            registry=self.registry,
+        )
         self.pool = pool
 
     def swap(self, mode: str) -> None:
@@ -67,6 +73,11 @@ class WorkerMetrics:
     def watch_cache(self, counts: Callable[[], dict[str, int]]) -> None:
         """Export the host adapter cache's own counters (hits, misses, evictions) at each scrape."""
         self.registry.register(_CacheCollector(self.pool, counts))
+
+    def watch_compile(self, seconds: float, recompiles: Callable[[], int]) -> None:
+        """Export the compile time at start, and the graphs compiled since (new shapes; swaps never)."""
+        self.compile_seconds.labels(pool=self.pool).set(seconds)
+        self.registry.register(_RecompileCollector(self.pool, recompiles))
 
     def watch_pristine(self, tiers: Callable[[], dict[str, int]]) -> None:
         """Export the bytes of pristine copies per tier (device, host) at each scrape."""
@@ -98,4 +109,19 @@ class _PristineCollector(Collector):
         )
         for tier, value in self._tiers().items():
             family.add_metric([self._pool, tier], value)
+        yield family
+
+
+class _RecompileCollector(Collector):
+    def __init__(self, pool: str, recompiles: Callable[[], int]) -> None:
+        self._pool = pool
+        self._recompiles = recompiles
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "lorafarm_denoiser_recompiles",
+            "Graphs of the compiled denoiser compiled after its warm-up (a shape not warmed up).",
+            labels=["pool"],
+        )
+        family.add_metric([self._pool], self._recompiles())
         yield family

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,6 +16,9 @@ from common.families import Family, family_of
 from common.schemas import Job
 from worker.families import PipelineFamily
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.compiled import CompiledDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,13 @@ def generate(
     steps: int,
     size: int | None = None,
     on_step: StepHook | None = None,
+    compiled: CompiledDenoiser | None = None,
 ) -> Image.Image:
     """Run the pipeline for one job; the same job (seed included) gives the same image.
 
     ``steps`` and ``size`` (width and height) are the worker's defaults for a job naming none;
-    ``None`` size: the pipeline's own. Parameters the family does not take raise ``InvalidRequest``.
+    ``None`` size: the pipeline's own. Parameters the family does not take raise ``InvalidRequest``,
+    and so does a shape a ``compiled`` denoiser was not warmed up at, when it refuses new ones.
     """
     steps = job.num_inference_steps or steps
     kwargs = family.call_kwargs(
@@ -92,6 +97,8 @@ def generate(
         width=job.width,
         height=job.height,
     )
+    if compiled is not None:
+        compiled.admit(kwargs)
     if on_step is not None:
 
         def _callback(p: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
