@@ -8,7 +8,7 @@ subtracted, so ``restore()`` returns the base bit-exact whatever came before. Wh
 budget has no room for the copies a set needs fused, that set is applied unfused instead.
 
 Every write is in place (same tensors, same addresses), which is what keeps a compiled denoiser
-valid across swaps (``worker.compiled``). For one, ``fixed`` gives the denoiser's usual LoRA
+valid across swaps (``worker.compiled``). For such a denoiser, ``fixed`` gives its usual LoRA
 targets permanent fixed-shape unfused paths (``worker.lowrank.PaddedPath``); an unfused set
 that does not fit them is applied fused instead, or refused, by ``FixedRank.overflow``.
 """
@@ -225,9 +225,10 @@ class SwapEngine:
         if reason is None:
             return wanted
         if self.fixed.overflow == "refuse" or wanted.adapters in self._too_big:
+            fused = "; fused, its pristine copies are over the budget" if wanted.adapters in self._too_big else ""
             raise AdapterIncompatible(
-                f"{'+'.join(wanted.keys)}: cannot be applied unfused on this compiled worker: {reason} "
-                f"(LORAFARM_COMPILE_UNFUSED_RANK, LORAFARM_COMPILE_UNFUSED_TARGETS)"
+                f"{'+'.join(wanted.keys)}: cannot be applied unfused on this compiled worker: {reason}{fused} "
+                "(LORAFARM_COMPILE_UNFUSED_RANK, LORAFARM_COMPILE_UNFUSED_TARGETS)"
             )
         log.info("event=unfused_overflow adapters=%s mode=fused reason=%s", "+".join(wanted.keys), reason)
         return replace(wanted, mode="fused")
