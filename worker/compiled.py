@@ -37,6 +37,8 @@ from worker.families import PipelineFamily
 log = logging.getLogger(__name__)
 
 NewSizes = Literal["compile", "refuse"]
+#: The whole denoiser, or only its repeated blocks (diffusers' regional compilation).
+Scope = Literal["denoiser", "blocks"]
 #: (width, height, batch) of one denoiser call.
 Shape = tuple[int, int, int]
 _CUDA_GRAPHS = ("reduce-overhead",)
@@ -66,7 +68,7 @@ def check_config(mode: str, device: str) -> None:
         raise CompileFailed(f"mode {mode} captures CUDA graphs and needs a CUDA device; this worker runs on {device}")
 
 
-def compile_module(model: torch.nn.Module, mode: str, scope: Literal["denoiser", "blocks"] = "denoiser") -> None:
+def compile_module(model: torch.nn.Module, mode: str, scope: Scope = "denoiser") -> None:
     """``torch.compile`` the denoiser in place (or its repeated blocks), specialised to its shapes.
 
     In place (``Module.compile``), so module names, parameters and the engine's hooks stay where
@@ -98,7 +100,7 @@ class CompiledDenoiser:
         family: PipelineFamily,
         *,
         mode: str = "default",
-        scope: Literal["denoiser", "blocks"] = "denoiser",
+        scope: Scope = "denoiser",
         sizes: Sequence[tuple[int, int]] = (),
         default: int | None = None,
         new_sizes: NewSizes = "compile",

@@ -27,7 +27,7 @@ from diffusers import DiffusionPipeline
 
 from common.schemas import Job
 from worker.adapter import ParsedAdapter, read_adapter
-from worker.compiled import CompiledDenoiser
+from worker.compiled import CompiledDenoiser, Scope
 from worker.engine import SwapEngine
 from worker.families import PipelineFamily, pipeline_family
 from worker.lowrank import FixedRank, Overflow
@@ -63,10 +63,11 @@ def load(zoo: Path, base: str, *, fixed_rank: int | None = None, overflow: Overf
     return Base(pipe, family, SwapEngine(pipe, fixed=fixed))
 
 
-def compiled(zoo: Path, base: str) -> Base:
-    """A tiny base whose denoiser is compiled (CPU inductor) and warmed up at SIZE, as a worker does it."""
+def compiled(zoo: Path, base: str, scope: Scope = "denoiser") -> Base:
+    """A tiny base whose denoiser (or its repeated blocks) is compiled (CPU inductor) and warmed up at
+    SIZE, as a worker does it."""
     served = load(zoo, base, fixed_rank=RANK)
-    served.denoiser = CompiledDenoiser(served.pipe, served.family, sizes=[(SIZE, SIZE)])
+    served.denoiser = CompiledDenoiser(served.pipe, served.family, scope=scope, sizes=[(SIZE, SIZE)])
     served.denoiser.compile()
     return served
 
