@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 # fmt: off
-UNET = dict(  # SDXL base 1.0 (BASELINE.md)
+UNET = dict(  # SDXL base 1.0 (docs/BASELINE.md)
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=2048,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -27,6 +27,7 @@ CLIP_L = dict(CLIP, hidden_size=768, intermediate_size=3072, num_hidden_layers=1
 CLIP_G = dict(CLIP, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
               projection_dim=1280, hidden_act="gelu")
 # fmt: on
+DEFAULT_RANKS = "8,32"
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -57,6 +58,16 @@ def build_pipe(device: str, dtype: torch.dtype, text_encoders: bool) -> Any:
     return StableDiffusionXLPipeline(
         vae=None, tokenizer=None, tokenizer_2=None, scheduler=EulerDiscreteScheduler(), **parts
     )
+
+
+def describe(text_encoders: bool) -> str:
+    return "UNet and both text encoders" if text_encoders else "UNet only"
+
+
+def hotswap(pipe: Any, path: Path, started: bool) -> None:
+    """diffusers' hotswap into the UNet's one adapter slot: UNet only (diffusers refuses text encoders)."""
+    state, alphas = pipe.lora_state_dict(str(path.parent), weight_name=path.name, unet_config=pipe.unet.config)
+    pipe.load_lora_into_unet(state, alphas, pipe.unet, adapter_name="default_0", _pipeline=pipe, hotswap=started)
 
 
 def _fresh(name: str, tensor: torch.Tensor) -> torch.Tensor:

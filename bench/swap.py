@@ -1,4 +1,4 @@
-"""Swap benchmark: diffusers' stock path and hotswap against lorafarm's engine on real SDXL shapes.
+"""Swap benchmark: diffusers' stock path and hotswap against lorafarm's engine on real model shapes.
 
 The UNet (2.57 B parameters) and both text encoders (CLIP ViT-L and bigG) are built offline from
 the SDXL base 1.0 configurations with seeded random weights; LoRAs on the attention projections
@@ -8,6 +8,9 @@ time) and alternates two LoRAs: median seconds per swap, then the max abs differ
 targeted base weight from its fresh value after all swaps and the method's own cleanup.
 
     python -m bench.swap [--quick] [--device cuda --dtype fp16] [--ranks 8,32] [--formats diffusers,kohya]
+
+``--family flux``: FLUX.1-dev's transformer instead, a run of real-width blocks (``bench.flux``,
+``--blocks 2,4``; ``--device cuda --blocks 19,38`` for the whole transformer), rank 16 and 64 LoRAs.
 """
 
 from __future__ import annotations
@@ -30,10 +33,17 @@ from typing import Any
 
 import torch
 
-from bench.sdxl import build_pipe, drift, fill, targeted, write_loras
+from bench import flux, goals, sdxl
+from bench.goals import Verdict
+from bench.sdxl import drift, fill
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-METHODS = ("stock", "hotswap", "fused", "unfused")
+#: fused-cold is fused with the adapter file parsed again on every swap (no host cache), as the
+#: stock path reads and converts it on every swap; fused and unfused time the apply alone.
+METHODS = ("stock", "hotswap", "fused", "fused-cold", "unfused")
+LORAFARM = ("fused", "fused-cold", "unfused")
+#: The model shapes per family: build_pipe, targeted, write_loras, hotswap (bench.sdxl, bench.flux).
+SHAPES: dict[str, Any] = {"sdxl": sdxl, "flux": flux}
 
 
 def log(msg: str) -> None:
@@ -71,18 +81,14 @@ class Stock:
 
 
 class Hotswap:
-    """diffusers hotswap=True: the UNet part only (diffusers refuses to hotswap text encoders)."""
+    """diffusers hotswap=True into the denoiser (diffusers refuses to hotswap text encoders)."""
 
-    def __init__(self, pipe: Any) -> None:
-        self.pipe, self.started, self.extra = pipe, False, {}
+    def __init__(self, pipe: Any, shapes: Any) -> None:
+        self.pipe, self.shapes, self.started, self.extra = pipe, shapes, False, {}
 
     def swap(self, path: Path) -> dict[str, float]:
         start = time.perf_counter()
-        pipe = self.pipe
-        state, alphas = pipe.lora_state_dict(str(path.parent), weight_name=path.name, unet_config=pipe.unet.config)
-        pipe.load_lora_into_unet(
-            state, alphas, pipe.unet, adapter_name="default_0", _pipeline=pipe, hotswap=self.started
-        )
+        self.shapes.hotswap(self.pipe, path, self.started)
         self.started = True
         return {"swap": time.perf_counter() - start}
 
@@ -91,21 +97,23 @@ class Hotswap:
 
 
 class Lorafarm:
-    """lorafarm's engine: adapters parsed once (the host cache), then applied fused or unfused."""
+    """lorafarm's engine: adapters parsed once (the host cache), then applied fused or unfused;
+    ``cold``: parsed again on every swap, and the parse counted in the swap's time."""
 
-    def __init__(self, pipe: Any, mode: str, max_rank: int) -> None:
+    def __init__(self, pipe: Any, mode: str, max_rank: int, *, cold: bool = False) -> None:
         from worker.engine import SwapEngine
 
-        self.pipe, self.mode, self.max_rank = pipe, mode, max_rank
+        self.pipe, self.mode, self.max_rank, self.cold = pipe, mode, max_rank, cold
         self.engine = SwapEngine(pipe)
         self.parsed: dict[Path, Any] = {}
         self.extra: dict[str, Any] = {}
+        self.untimed = () if cold else ("parse+stage",)
 
     def swap(self, path: Path) -> dict[str, float]:
         from worker.adapter import read_adapter
 
         out = {}
-        if path not in self.parsed:
+        if self.cold or path not in self.parsed:
             start = time.perf_counter()
             adapter = read_adapter(
                 path,
@@ -117,7 +125,9 @@ class Lorafarm:
             )
             self.parsed[path] = self.engine.stage(adapter)
             out["parse+stage"] = time.perf_counter() - start
-        out["swap"] = self.engine.apply([(self.parsed[path], 1.0)], mode=self.mode).seconds  # type: ignore[arg-type]
+        # The cold run shows its apply beside the parse (parts column), timed in the same swaps.
+        applied = self.engine.apply([(self.parsed[path], 1.0)], mode=self.mode).seconds  # type: ignore[arg-type]
+        out["apply" if self.cold else "swap"] = applied
         return out
 
     def cleanup(self) -> None:
@@ -125,11 +135,13 @@ class Lorafarm:
         self.extra["pristine_gib"] = self.engine.pristine_bytes / 2**30
 
 
-def make_method(name: str, pipe: Any, rank: int) -> Any:
+def make_method(name: str, pipe: Any, rank: int, shapes: Any) -> Any:
     if name == "stock":
         return Stock(pipe)
     if name == "hotswap":
-        return Hotswap(pipe)
+        return Hotswap(pipe, shapes)
+    if name == "fused-cold":
+        return Lorafarm(pipe, "fused", rank, cold=True)
     return Lorafarm(pipe, name, rank)
 
 
@@ -142,15 +154,19 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
 
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
-    method, device = spec["method"], spec["device"]
+    method, device, shapes = spec["method"], spec["device"], SHAPES[spec["family"]]
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     start = time.perf_counter()
-    pipe = build_pipe(device, DTYPES[spec["dtype"]], spec["text_encoders"])
-    modules = targeted(pipe)
-    log(f"{method}: SDXL-shaped model built in {time.perf_counter() - start:.0f} s")
+    pipe = shapes.build_pipe(device, DTYPES[spec["dtype"]], **spec["shape"])
+    modules = shapes.targeted(pipe)
+    log(f"{method}: {spec['family']}-shaped model built in {time.perf_counter() - start:.0f} s")
+    tokens = spec.get("step_tokens")
+    base_step = shapes.step_seconds(pipe, tokens) if tokens else None
     rows = []
-    for config in spec["configs"]:
+    for number, config in enumerate(spec["configs"]):
         paths = [Path(p) for p in config["paths"]]
-        runner = make_method(method, pipe, config["rank"])
+        runner = make_method(method, pipe, config["rank"], shapes)
         phases: dict[str, list[float]] = {}
         totals = []
         for i in range(config["swaps"]):
@@ -158,10 +174,13 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
             if device == "cuda":
                 torch.cuda.synchronize()
             if i >= spec["warmup"]:  # the first swaps allocate (pristine copies, PEFT layers): not timed
-                totals.append(sum(v for k, v in times.items() if k != "parse+stage"))
+                untimed = getattr(runner, "untimed", ())  # the warm lorafarm runs leave the parse out
+                totals.append(sum(v for k, v in times.items() if k not in untimed))
             for phase, seconds in times.items():
                 if i >= spec["warmup"] or phase == "parse+stage":
                     phases.setdefault(phase, []).append(seconds)
+        if tokens and number == 0:  # one step with the last adapter on: fused weights, hooks or PEFT layers
+            runner.extra["step_s"] = shapes.step_seconds(pipe, tokens)
         runner.cleanup()
         worst, changed = drift(pipe, modules)
         row = {
@@ -183,7 +202,7 @@ def run_method(spec: dict[str, Any]) -> dict[str, Any]:
                 fill(getattr(pipe, part), part, only=names)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     gpu = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return {"rows": rows, "peak_rss_gib": peak, "peak_gpu_gib": gpu}
+    return {"rows": rows, "peak_rss_gib": peak, "peak_gpu_gib": gpu, "base_step_s": base_step}
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -226,11 +245,21 @@ def plan(args: argparse.Namespace, files: dict[tuple[int, str], list[Path]]) -> 
                 "configs": configs,
                 "device": args.device,
                 "dtype": args.dtype,
-                "text_encoders": args.text_encoders,
+                "family": args.family,
+                "shape": shape_options(args),
+                "step_tokens": args.step_tokens,
+                "threads": args.threads,
                 "warmup": args.warmup,
             }
         )
     return specs
+
+
+def shape_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the family's ``build_pipe`` and ``write_loras``."""
+    if args.family == "flux":
+        return {"blocks": args.blocks}
+    return {"text_encoders": args.text_encoders}
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -257,52 +286,110 @@ def ratios(results: list[dict[str, Any]]) -> list[str]:
         f"stock / {other}, rank {rank} {fmt}: {seconds / by[other, rank, fmt]:.1f}x"
         for (method, rank, fmt), seconds in by.items()
         if method == "stock"
-        for other in ("fused", "unfused", "hotswap")
+        for other in ("fused", "fused-cold", "unfused", "hotswap")
         if (other, rank, fmt) in by
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def verdicts(results: list[dict[str, Any]], device: str) -> list[Verdict]:
+    """The targets of issue 3 (``bench.goals``) against this run's rows: drift of every lorafarm
+    row, the unfused swap, the fused apply at rank 8, and the stock path over the fused apply."""
+    rows = {(r["method"], r["rank"], r["format"]): r for res in results for r in res["rows"]}
+    fused_target = goals.FUSED_SWAP_GPU_S if device == "cuda" else goals.FUSED_SWAP_CPU_S
+    out = []
+    for (method, rank, fmt), row in rows.items():
+        what = f"{method}, rank {rank} {fmt}"
+        if method in LORAFARM:
+            drifted = f"{what}: max abs drift after {row['swaps']} swaps"
+            out.append(goals.at_most(drifted, row["drift"], goals.MAX_DRIFT))
+        if method == "unfused":
+            out.append(goals.at_most(f"{what}: median swap", row["median_s"], goals.UNFUSED_SWAP_S, " s"))
+        if method == "fused" and rank == 8:
+            out.append(goals.at_most(f"{what}: median swap on {device}", row["median_s"], fused_target, " s"))
+        if method == "fused" and ("stock", rank, fmt) in rows:
+            speedup = rows["stock", rank, fmt]["median_s"] / row["median_s"]
+            out.append(goals.at_least(f"{what}: stock / fused, median", speedup, goals.FUSED_SPEEDUP, "x"))
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="rank 8, diffusers format, 10 swaps (stock 4)")
+    parser.add_argument("--quick", action="store_true", help="lowest rank, diffusers format, 10 swaps (stock 4)")
+    parser.add_argument("--family", default="sdxl", choices=sorted(SHAPES))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--ranks", default="8,32")
+    parser.add_argument("--ranks", help="default: 8,32 for sdxl, 16,64 for flux")
     parser.add_argument("--formats", default="diffusers,kohya")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--swaps", type=int, default=100, help="swaps on the first configuration (a fifth on the rest)")
     parser.add_argument("--stock-swaps", type=int, default=30, help="the same for the stock path (seconds a swap)")
     parser.add_argument("--warmup", type=int, default=2, help="first swaps left out of the timing (not of the drift)")
-    parser.add_argument("--no-text-encoders", dest="text_encoders", action="store_false")
+    parser.add_argument("--no-text-encoders", dest="text_encoders", action="store_false", help="sdxl: UNet only")
+    parser.add_argument("--blocks", type=pair, default=flux.DEFAULT_BLOCKS, help="flux: DOUBLE,SINGLE blocks (2,4)")
+    parser.add_argument(
+        "--step-tokens",
+        type=pair,
+        help="flux: also time one transformer step at IMAGE,TEXT tokens (4096,512: 1024x1024; default on cuda)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads of every method (on a shared CPU, 1 spares them spin-waits)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print("RESULT " + json.dumps(run_method(json.loads(args.worker))), flush=True)
-        return
+    if args.step_tokens and args.family != "flux":
+        parser.error("--step-tokens times a Flux transformer step (--family flux)")
+    args.ranks = args.ranks or SHAPES[args.family].DEFAULT_RANKS
+    if args.family == "flux" and args.device == "cuda" and args.step_tokens is None:
+        args.step_tokens = flux.STEP_TOKENS
     if args.quick:
-        args.ranks, args.formats, args.swaps, args.stock_swaps, args.warmup = "8", "diffusers", 10, 4, 1
+        args.ranks = args.ranks.split(",")[0]
+        args.formats, args.swaps, args.stock_swaps, args.warmup = "diffusers", 10, 4, 1
     args.methods = args.methods.split(",")
-    command = "python -m bench.swap " + shlex.join(sys.argv[1:] if argv is None else argv)
-    started, load_before = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg()[0]
-    results = []
+    return args
+
+
+def pair(text: str) -> tuple[int, int]:
+    """``2,4`` -> (2, 4)."""
+    first, second = (int(x) for x in text.split(","))
+    return first, second
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Write the LoRA files, then run each method in a process of its own."""
+    shapes, results = SHAPES[args.family], []
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         files = {}
         for rank in (int(r) for r in args.ranks.split(",")):
             for fmt in args.formats.split(","):
-                files[rank, fmt] = write_loras(Path(tmp), rank, fmt, args.text_encoders)
+                files[rank, fmt] = shapes.write_loras(Path(tmp), rank, fmt, **shape_options(args))
                 log(f"LoRA rank {rank} {fmt}: {files[rank, fmt][0].stat().st_size / 1e6:.1f} MB each")
         for spec in plan(args, files):  # one process each: its own peak RSS, one model in memory at a time
             worker = [sys.executable, "-m", "bench.swap", "--worker", json.dumps(spec)]
             proc = subprocess.run(worker, stdout=subprocess.PIPE, text=True, check=True)
             line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
             results.append(json.loads(line.removeprefix("RESULT ")))
-    what = "UNet and both text encoders" if args.text_encoders else "UNet only"
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(run_method(json.loads(args.worker))), flush=True)
+        return
+    command = "python -m bench.swap " + shlex.join(sys.argv[1:] if argv is None else argv)
+    started, load_before = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), os.getloadavg()[0]
+    results = run_all(args)
+    shapes = SHAPES[args.family]
     print(f"\ncommand: {command}\nmachine: {machine(args.device)}\ndate: {started}")
-    print(f"{args.dtype} on {args.device}, {what}, torch threads {torch.get_num_threads()}")
+    what = shapes.describe(**shape_options(args))
+    print(f"{args.dtype} on {args.device}, {what}, torch threads {args.threads or torch.get_num_threads()}")
     print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}\n")
     print(table(results))
     print("\n" + "\n".join(ratios(results)))
+    print("\n" + "\n".join(v.line() for v in verdicts(results, args.device)))
+    if hasattr(shapes, "report"):
+        print("\n" + "\n".join(shapes.report(results, device=args.device, **shape_options(args))))
     if args.json:
         args.json.write_text(json.dumps({"command": command, "machine": machine(args.device), "results": results}))
 

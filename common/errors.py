@@ -143,6 +143,31 @@ class HubUnavailable(Unavailable):
     error_type = "hub_unavailable"
 
 
+# --- the key is past one of its limits ---------------------------------------------
+
+
+class Limited(LorafarmError):
+    """The API key is past one of its limits; other keys are still served. Retry after ``retry_after``."""
+
+
+class RateLimited(Limited):
+    """The key sent more generation requests than its rate (and burst) allow."""
+
+    error_type = "rate_limited"
+
+
+class ConcurrencyLimited(Limited):
+    """The key has as many unfinished jobs as its concurrency allows."""
+
+    error_type = "concurrency_limited"
+
+
+class KeyQueueFull(Limited):
+    """The key holds its share of the pool's queue bound (``LORAFARM_TENANT_QUEUE_SHARE``)."""
+
+    error_type = "key_queue_full"
+
+
 class Timeout(LorafarmError):
     """The job did not finish within the wait bound; it has been cancelled."""
 

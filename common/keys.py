@@ -77,3 +77,51 @@ def idempotency(key: str) -> str:
 def job_entry(job_id: str) -> str:
     """Hash ``{stream, entry_id}``: where the job is queued, so a cancel can remove it unclaimed."""
     return f"{PREFIX}:entry:{job_id}"
+
+
+# --- tenants: API keys, their limits, their fair share of a pool ----------------------------
+
+#: Seconds past a job's deadline after which a key's count forgets it, should no settle ever
+#: release it (a lost entry): the job is dropped or done by then (``LORAFARM_MAX_JOB_S``' default).
+TENANT_SLOT_SLACK_S = 900
+
+
+def api_keys() -> str:
+    """Hash: SHA-256 (hex) of each API key → its ``Tenant`` JSON (name and limits)."""
+    return f"{PREFIX}:apikeys"
+
+
+def api_key_names() -> str:
+    """Hash: tenant name → the SHA-256 of its key, so names are unique and a key is revoked by name."""
+    return f"{PREFIX}:apikeys:names"
+
+
+def tenant_bucket(tenant: str) -> str:
+    """Hash ``{tokens, at}``: the key's token bucket (rate limit); expires once it would be full."""
+    return f"{PREFIX}:tenant:{tenant}:bucket"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Sorted set of the key's unfinished job ids (concurrency), scored by when to forget each."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def tenant_streamed(pool: str, tenant: str) -> str:
+    """Sorted set of the key's job ids on the pool's streams (its fair share), scored like ``tenant_jobs``."""
+    return f"{PREFIX}:tenant:{tenant}:streamed:{pool}"
+
+
+def tenant_parked(pool: str, tenant: str) -> str:
+    """List of the key's entry ids on ``pool_parked``, oldest first: its jobs past its share."""
+    return f"{PREFIX}:tenant:{tenant}:parked:{pool}"
+
+
+def pool_parked(pool: str) -> str:
+    """Stream of the pool's parked jobs (no consumer group: workers never read it); its length counts
+    in the pool's bound, depth and autoscaling."""
+    return f"{PREFIX}:parked:{pool}"
+
+
+def pool_share(pool: str) -> str:
+    """Jobs one key may have on the pool's streams, as the router last computed it from the workers."""
+    return f"{PREFIX}:share:{pool}"

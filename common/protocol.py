@@ -16,7 +16,13 @@
   gets a failed result, so nobody waits for it forever: delivery is at least once.
 - A result is a hash at ``keys.job_result`` (``meta``: ``JobResult`` JSON, ``image``: bytes),
   written once: the first writer wins. Then ``keys.job_done`` gets one element, which wakes the
-  router blocked on it.
+  router blocked on it. A job delivered again once its result is written (a failover replayed
+  it, or a router submitted it again) is acknowledged without being run.
+- With replicas required (``common/replication.py``), the router accepts a job only once they
+  hold it (else it withdraws the job: 503), and a worker settles a job (result and
+  acknowledgement) only once they hold both, writing them again after a failover if not. A
+  router waiting on a job that Redis no longer knows (lost with its primary) submits it again
+  under the same id, once.
 
 The worker's end (``WorkerQueue``) is synchronous and lets redis-py's ``ConnectionError`` and
 ``TimeoutError`` through (the worker loop backs off on them). The router's end (``JobQueue``)

@@ -120,6 +120,9 @@ class Job(BaseModel):
     enqueued_at: float = Field(default_factory=time.time)
     #: Epoch seconds past which nobody waits for the result: the worker drops the job unrun.
     deadline: float | None = None
+    #: The API key's tenant when the job counts for it (concurrency, fair share): settling the job
+    #: releases its place (``common/shares.py``). None: an anonymous job.
+    tenant: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """Stream entry fields."""

@@ -63,6 +63,7 @@ done
 compose_sets=(
   "deploy/docker-compose.yml"
   "deploy/docker-compose.yml deploy/docker-compose.cpu.yml"
+  "deploy/docker-compose.yml deploy/docker-compose.ha.yml"
 )
 for set in "${compose_sets[@]}"; do
   args=()

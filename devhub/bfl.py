@@ -5,8 +5,8 @@ diffusers reads both (``_convert_kohya_flux_lora_to_diffusers``,
 BFL module a trainer saves, the diffusers modules its reader maps it to; shapes come from those
 modules. A fused ``qkv`` is one down matrix and the three projections' up matrices stacked, as
 the trainers save it. kohya's ``single_blocks_N_linear1`` (fused q, k, v and ``proj_mlp``) is
-left out: the reader splits it at FLUX.1's real widths (3 x 3072 + 12288), which a tiny
-transformer cannot have.
+written only for a transformer of FLUX.1's real widths: the reader splits it at those widths
+(3 x 3072 + 12288), which a tiny transformer cannot have (the benchmark's real-width blocks do).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ KOHYA_DOUBLE = {
 }
 #: kohya single-block module -> diffusers modules (in ``single_transformer_blocks.N``).
 KOHYA_SINGLE = {"linear2": ("proj_out",), "modulation_lin": ("norm.linear",)}
+#: kohya's fused single-block input; diffusers' reader splits it at these (FLUX.1's) widths.
+KOHYA_LINEAR1 = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+FLUX1_LINEAR1_WIDTHS = (3072, 3072, 3072, 12288)
 #: XLabs processor LoRA (double blocks) -> diffusers modules: ``1`` the image stream, ``2`` the text.
 XLABS_DOUBLE = {
     "qkv_lora1": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -53,6 +56,13 @@ def _shape(block: torch.nn.Module, modules: tuple[str, ...]) -> tuple[int, int]:
     return sum(m.out_features for m in linears), linears[0].in_features
 
 
+def single_table(transformer: torch.nn.Module) -> dict[str, tuple[str, ...]]:
+    """The kohya single-block modules this transformer can carry: ``linear1`` at FLUX.1's widths only."""
+    blocks = transformer.single_transformer_blocks
+    widths = tuple(blocks[0].get_submodule(m).out_features for m in KOHYA_LINEAR1["linear1"]) if blocks else ()
+    return {**KOHYA_LINEAR1, **KOHYA_SINGLE} if widths == FLUX1_LINEAR1_WIDTHS else KOHYA_SINGLE
+
+
 def kohya_flux_state(
     transformer: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator
 ) -> dict[str, torch.Tensor]:
@@ -60,7 +70,7 @@ def kohya_flux_state(
     out: dict[str, torch.Tensor] = {}
     groups = (
         ("double_blocks", transformer.transformer_blocks, KOHYA_DOUBLE),
-        ("single_blocks", transformer.single_transformer_blocks, KOHYA_SINGLE),
+        ("single_blocks", transformer.single_transformer_blocks, single_table(transformer)),
     )
     for kind, blocks, table in groups:
         for i, block in enumerate(blocks):

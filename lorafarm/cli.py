@@ -12,6 +12,7 @@ from pathlib import Path
 from lorafarm import generate
 from lorafarm.farm import REPO_ROOT, Farm, FarmConfig
 from lorafarm.supervisor import Backoff, Supervisor
+from router import keyring
 
 ZOO_STAMP = ".zoo-built"
 #: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             router_port=args.port,
             devhub_port=args.hub_port,
             redis_port=args.redis_port,
+            redis_ha=args.redis_ha,
             env={"LORAFARM_DEFAULT_STEPS": str(args.steps)},
         )
     )
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"""
 lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
-pools: {", ".join(pools)}   hub: {farm.hub_url}   redis: {farm.redis_url}
+pools: {", ".join(pools)}   hub: {farm.hub_url}   redis: {describe_redis(farm)}
 {checked}
 Try:
 {chr(10).join(curls)}
@@ -94,6 +96,14 @@ A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""
         return 0
     finally:
         farm.stop()
+
+
+def describe_redis(farm: Farm) -> str:
+    """Where the farm's Redis is, as the banner shows it."""
+    if farm.replicated is None:
+        return farm.redis_url
+    sentinels = ",".join(f"{host}:{port}" for host, port in farm.redis_target().sentinels)
+    return f"primary {farm.redis_url} + 1 replica, sentinels {sentinels}"
 
 
 def check_demo(url: str, pools: list[str]) -> list[str]:
@@ -122,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="serve the tiny demo zoo on loopback")
     p_run.add_argument("--port", type=int, default=8888, help="router port")
     p_run.add_argument("--hub-port", type=int, default=8900, help="devhub port")
-    p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port")
+    p_run.add_argument("--redis-port", type=int, default=6390, help="redis-server port (the first primary's)")
+    p_run.add_argument(
+        "--redis-ha",
+        action="store_true",
+        help="Redis as a primary, a replica and 3 sentinels; jobs are accepted once the replica holds them",
+    )
     p_run.add_argument("--pools", default=",".join(DEFAULT_POOLS), help="base repo ids, comma-separated")
     p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
@@ -135,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p_gen = sub.add_parser("generate", help="generate one image through a router's job API, with a progress bar")
     generate.add_arguments(p_gen)
     p_gen.set_defaults(func=generate.run)
+    p_keys = sub.add_parser("keys", help="API keys of tenants, each with its limits (add prints the key once)")
+    keyring.add_arguments(p_keys)
+    p_keys.set_defaults(func=keyring.run)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

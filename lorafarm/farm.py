@@ -1,6 +1,7 @@
 """Start a whole farm on loopback: redis-server, devhub, router, workers. Stop exactly what was started.
 
-Used by ``make run``, the end-to-end tests and the load benchmark.
+Used by ``make run``, the end-to-end tests and the load benchmark. With ``redis_ha`` Redis is a
+primary, a replica and three sentinels (``lorafarm/replicated.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import httpx
+
+from common.connections import RedisTarget
+
+if TYPE_CHECKING:
+    from lorafarm.replicated import ReplicatedRedis
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +52,11 @@ class FarmConfig:
     #: Serve Redis over TLS only (a self-signed certificate made with ``openssl``); every service
     #: then reaches it with ``rediss://...?ssl_ca_certs=...``.
     redis_tls: bool = False
+    #: Redis as a primary, a replica and three sentinels; every service finds the primary through
+    #: the sentinels and follows a failover (``lorafarm/replicated.py``).
+    redis_ha: bool = False
+    #: With ``redis_ha``: replicas that must hold a job before it is accepted (LORAFARM_REDIS_MIN_REPLICAS).
+    redis_min_replicas: int = 1
 
 
 class Farm:
@@ -63,7 +75,14 @@ class Farm:
         self.redis_port = config.redis_port or free_port()
         self.devhub_port = config.devhub_port or free_port()
         self.router_port = config.router_port or free_port()
+        #: The port of each router by name: ``router``, and any started beside it (``start_router``).
+        self.router_ports = {"router": self.router_port}
         self._worker_count = 0
+        self.replicated: ReplicatedRedis | None = None
+        if config.redis_ha:
+            from lorafarm.replicated import ReplicatedRedis
+
+            self.replicated = ReplicatedRedis(self)
 
     # --- addresses ----------------------------------------------------------------
 
@@ -73,6 +92,12 @@ class Farm:
         if self.config.redis_tls:
             return f"rediss://{auth}127.0.0.1:{self.redis_port}/0?ssl_ca_certs={quote(str(self.tls_cert))}"
         return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
+
+    def redis_target(self) -> RedisTarget:
+        """Redis as the services reach it: the URL, and with ``redis_ha`` the sentinels that name the primary."""
+        if self.replicated is None:
+            return RedisTarget(url=self.redis_url)
+        return self.replicated.target()
 
     @property
     def tls_cert(self) -> Path:
@@ -107,6 +132,8 @@ class Farm:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if self.replicated is not None:
+            env.update(self.replicated.service_env())
         env.update(self.config.env)
         return env
 
@@ -131,22 +158,35 @@ class Farm:
         return proc.poll()
 
     def restart(self, name: str) -> None:
-        """Start a process again exactly as it was started (same argv, environment and port)."""
+        """Start a process again exactly as it was started (same argv, environment and port).
+
+        A node of a replicated Redis comes back as a replica of the current primary instead.
+        """
+        if self.replicated is not None and name in self.replicated.nodes:
+            self.replicated.rejoin(name)
+            return
         argv, env, port = self._commands[name]
         proc = self._spawn(name, argv, env, port)
         if port is not None:
             wait_port(port, proc)
 
     def start_redis(self) -> None:
+        """Start Redis: one redis-server, or with ``redis_ha`` a primary, a replica and three sentinels."""
+        if self.replicated is not None:
+            self.replicated.start()
+            return
+        self.spawn("redis", self.redis_argv(self.redis_port, self.config.state_dir / "redis"), self.redis_port)
+
+    def redis_argv(self, port: int, data: Path) -> list[str]:
+        """A redis-server on ``port`` with its data in ``data``: append-only, password and TLS as configured."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (make run / make test install it)")
-        data = self.config.state_dir / "redis"
-        data.mkdir(exist_ok=True)
+        data.mkdir(parents=True, exist_ok=True)
         argv = [
             exe,
             "--port",
-            str(self.redis_port),
+            str(port),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -159,11 +199,27 @@ class Farm:
         if self.config.redis_password:
             argv += ["--requirepass", self.config.redis_password]
         if self.config.redis_tls:
-            key = self._make_tls_cert()
-            argv[1:3] = ["--port", "0", "--tls-port", str(self.redis_port)]
-            argv += ["--tls-cert-file", str(self.tls_cert), "--tls-key-file", str(key)]
-            argv += ["--tls-ca-cert-file", str(self.tls_cert), "--tls-auth-clients", "no"]
-        wait_port(self.redis_port, self._spawn("redis", argv, self.base_env(), self.redis_port))
+            argv[1:3] = ["--port", "0", "--tls-port", str(port)]
+            argv += self.tls_args()
+        return argv
+
+    def tls_args(self) -> list[str]:
+        """The TLS options of a redis-server (or sentinel) of this farm: its key, certificate and CA."""
+        key = self._make_tls_cert()
+        return [
+            "--tls-cert-file",
+            str(self.tls_cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(self.tls_cert),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    def spawn(self, name: str, argv: list[str], port: int) -> None:
+        """Start a process of the farm under ``name`` and wait until it listens on ``port``."""
+        wait_port(port, self._spawn(name, argv, self.base_env(), port))
 
     def _make_tls_cert(self) -> Path:
         """A key and a self-signed certificate for 127.0.0.1 (made once per farm); returns the key."""
@@ -203,11 +259,21 @@ class Farm:
         ]
         wait_port(self.devhub_port, self._spawn("devhub", argv, self.base_env(), self.devhub_port))
 
-    def start_router(self) -> None:
-        env = self.base_env() | {"LORAFARM_PORT": str(self.router_port), "LORAFARM_HOST": "127.0.0.1"}
-        env.update(self.config.router_env)
-        router = self._spawn("router", [sys.executable, "-m", "router"], env, self.router_port)
-        wait_port(self.router_port, router, timeout=60)
+    def start_router(self, name: str = "router", env: dict[str, str] | None = None) -> str:
+        """Start a router (``router``, or another one beside it on a port of its own, as a second
+        replica behind a load balancer would run); returns its URL."""
+        port = self.router_ports.get(name) or free_port()
+        self.router_ports[name] = port
+        router_env = self.base_env() | {"LORAFARM_PORT": str(port), "LORAFARM_HOST": "127.0.0.1"}
+        router_env.update(self.config.router_env)
+        router_env.update(env or {})
+        router = self._spawn(name, [sys.executable, "-m", "router"], router_env, port)
+        wait_port(port, router, timeout=60)
+        return self.url_of(name)
+
+    def url_of(self, router: str) -> str:
+        """The URL of a router of the farm, by name."""
+        return f"http://127.0.0.1:{self.router_ports[router]}"
 
     def start_worker(self, pool: str, env: dict[str, str] | None = None) -> str:
         """Start one worker of ``pool``; returns its name (also its worker id)."""
@@ -276,9 +342,9 @@ class Farm:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM everything started, then SIGKILL stragglers: workers and router first, so that
         they can settle the jobs in hand while Redis is still up, then the devhub and Redis."""
-        last = ("devhub", "redis")
+        last = ("devhub", "redis", *(self.replicated.names if self.replicated else ()))
         deadline = time.monotonic() + timeout
-        for phase in ([n for n in self.procs if n not in last], [n for n in last if n in self.procs]):
+        for phase in ([n for n in self.procs if n not in last], [n for n in dict.fromkeys(last) if n in self.procs]):
             for name in phase:
                 proc = self.procs[name]
                 if proc.poll() is None:
@@ -291,6 +357,14 @@ class Farm:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def redis_server() -> str:
+    """The redis-server executable (it runs the sentinels too, with ``--sentinel``)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (make run / make test install it)")
+    return exe
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:

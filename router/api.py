@@ -1,4 +1,5 @@
-"""The Inference API routes (generate by repo path or ``lora`` header), health, readiness, status.
+"""The Inference API routes (generate by repo path or ``lora`` header), a model's pool and family,
+health, readiness, status.
 
 The job API (``router.api_jobs``) generates through the same ``router.generation``; the widget
 pages are ``router.widget``.
@@ -15,8 +16,10 @@ from pydantic import BaseModel
 from common import errors
 from common.hub import validate_repo_id
 from common.schemas import InferenceRequest, WorkerState
+from common.tenants import Tenant
 from router.errors import responses
 from router.generation import (
+    ADMISSION_HEADERS,
     ENQUEUE_ERRORS,
     IMAGE_HEADERS,
     RESULT_ERRORS,
@@ -24,9 +27,11 @@ from router.generation import (
     image_headers,
     plan_job,
     read_body,
+    resolve_all,
 )
-from router.jobs import MEDIA_TYPES, parse_body, pick_format, pool_family
-from router.services import authorize, services
+from router.jobs import MEDIA_TYPES, compose, parse_body, pick_format, pool_family
+from router.services import services
+from router.tenants import admit, authorize
 
 # --- OpenAPI declarations -----------------------------------------------------------------
 
@@ -41,7 +46,7 @@ _IMAGE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The image, in the format the Accept header asks (jpeg by default).",
         "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES.values()},
-        "headers": IMAGE_HEADERS,
+        "headers": {**IMAGE_HEADERS, **ADMISSION_HEADERS},
     }
 }
 _GENERATE_ERRORS = responses(*ENQUEUE_ERRORS, *RESULT_ERRORS, errors.Timeout)
@@ -59,6 +64,21 @@ class PoolStatus(BaseModel):
     workers: list[WorkerState]
 
 
+class ModelInfo(BaseModel):
+    """Where a request for a model goes, and what its pool's family takes (the widget reads it)."""
+
+    model: str
+    #: The served base whose pool takes the model's jobs.
+    pool: str
+    adapter: bool
+    #: The pool's family as its live workers announce it; ``None`` while none is live.
+    family: str | None = None
+    negative_prompt: bool = True
+    #: Why a negative prompt is refused; empty when it is taken.
+    negative_prompt_refused: str = ""
+    size_multiple: int | None = None
+
+
 class FarmStatus(BaseModel):
     default_base: str
     pools: list[PoolStatus]
@@ -73,11 +93,11 @@ api = APIRouter()
     response_class=Response,
     responses={**_IMAGE_RESPONSE, **_GENERATE_ERRORS},
     openapi_extra=_REQUEST_BODY,
-    dependencies=[Depends(authorize)],
 )
 async def generate_model(
     repo_id: str,
     request: Request,
+    tenant: Annotated[Tenant | None, Depends(admit)],
     lora: Annotated[
         str | None, Header(description="LoRA repo id to apply; the repo of the path is then its preferred base.")
     ] = None,
@@ -87,8 +107,8 @@ async def generate_model(
     if lora and lora != repo_id:
         # A Hub client aimed at a base with the LoRA in a header (`InferenceClient(headers={"lora": ...})`).
         validate_repo_id(repo_id)
-        return await _generate(request, lora, body, prefer=(repo_id,))
-    return await _generate(request, repo_id, body, prefer=())
+        return await _generate(request, lora, body, prefer=(repo_id,), tenant=tenant)
+    return await _generate(request, repo_id, body, prefer=(), tenant=tenant)
 
 
 @api.post(
@@ -97,15 +117,43 @@ async def generate_model(
     response_class=Response,
     responses={**_IMAGE_RESPONSE, **_GENERATE_ERRORS},
     openapi_extra=_REQUEST_BODY,
-    dependencies=[Depends(authorize)],
 )
 async def generate_default(
     request: Request,
+    tenant: Annotated[Tenant | None, Depends(admit)],
     lora: Annotated[str | None, Header(description="LoRA repo id to apply (its base's pool).")] = None,
 ) -> Response:
     body = parse_body(await read_body(request))
     base = services(request).settings.base
-    return await _generate(request, (lora or "").strip() or base, body, prefer=(base,))
+    return await _generate(request, (lora or "").strip() or base, body, prefer=(base,), tenant=tenant)
+
+
+_MODEL_ERRORS = [e for e in ENQUEUE_ERRORS if e not in (errors.QueueFull, errors.NoWorker)]
+
+
+@api.get(
+    "/models/{repo_id:path}",
+    response_model=ModelInfo,
+    summary="The pool a model's requests go to and the parameters its family takes",
+    responses=responses(*_MODEL_ERRORS),
+    dependencies=[Depends(authorize)],
+)
+async def model_info(repo_id: str, request: Request) -> ModelInfo:
+    svc = services(request)
+    main, _ = await resolve_all(svc.resolver, repo_id, [], ())
+    pool, adapters = compose(main, [], lora_scale=None)
+    family = pool_family(await svc.queue.live_workers(pool))
+    info = ModelInfo(model=repo_id, pool=pool, adapter=bool(adapters))
+    if family is None:
+        return info
+    return info.model_copy(
+        update={
+            "family": family.name,
+            "negative_prompt": family.negative_prompt,
+            "negative_prompt_refused": family.no_negative_prompt,
+            "size_multiple": family.size_multiple,
+        }
+    )
 
 
 @api.get("/health", response_model=Health, summary="The process is alive (no I/O)")
@@ -151,7 +199,9 @@ async def status(request: Request) -> FarmStatus:
 # --- the generation path ------------------------------------------------------------------
 
 
-async def _generate(request: Request, repo_id: str, body: InferenceRequest, *, prefer: tuple[str, ...]) -> Response:
+async def _generate(
+    request: Request, repo_id: str, body: InferenceRequest, *, prefer: tuple[str, ...], tenant: Tenant | None
+) -> Response:
     """Plan, enqueue, wait, answer the image (or the job's error)."""
     svc = services(request)
     timeout_s = svc.settings.request_timeout_s
@@ -159,6 +209,6 @@ async def _generate(request: Request, repo_id: str, body: InferenceRequest, *, p
     fmt = pick_format(request.headers.get("accept"))
     job = await plan_job(svc, repo_id, body, prefer=prefer, fmt=fmt, timeout_s=timeout_s)
     request.state.job_id = job.id
-    result, image = await generate(svc, job, timeout_s=timeout_s, gone=request.is_disconnected)
+    result, image = await generate(svc, job, timeout_s=timeout_s, gone=request.is_disconnected, tenant=tenant)
     headers = image_headers(job.id, result, seed=job.seed)
     return Response(image, media_type=result.content_type or MEDIA_TYPES[job.format], headers=headers)

@@ -15,9 +15,11 @@ from pydantic import BaseModel, Field
 
 from common import errors
 from common.schemas import InferenceRequest, JobState, JobStatus
+from common.tenants import Tenant
 from router.errors import responses
 from router.events import TERMINAL, job_events
 from router.generation import (
+    ADMISSION_HEADERS,
     ENQUEUE_ERRORS,
     IMAGE_HEADERS,
     RESULT_ERRORS,
@@ -28,7 +30,8 @@ from router.generation import (
     read_body,
 )
 from router.jobs import MEDIA_TYPES, parse_body, pick_format
-from router.services import authorize, services
+from router.services import services
+from router.tenants import admit, authorize
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -49,7 +52,9 @@ class JobView(BaseModel):
     model: str | None = Field(default=None, description="Repo id named (in the answer to `POST /jobs`).")
     seed: int | None = Field(default=None, description="Seed used (in the answer to `POST /jobs`).")
     position: int | None = Field(
-        default=None, description="While queued: jobs ahead of it in its pool's queue (waiting or in hand)."
+        default=None,
+        description="While queued: jobs ahead of it in its pool's queue (waiting or in hand); for a job "
+        "parked behind its key's fair share, its own key's jobs ahead of it.",
     )
     step: int | None = Field(default=None, description="While running: denoising steps done.")
     steps: int | None = Field(default=None, description="While running: denoising steps in all.")
@@ -104,13 +109,17 @@ def _location(request: Request, job_id: str) -> str:
     response_model=JobView,
     response_model_exclude_none=True,
     responses={
-        202: {"description": "Enqueued (or, with a known Idempotency-Key, the job it made before)."},
+        202: {
+            "description": "Enqueued (or, with a known Idempotency-Key, the job it made before).",
+            "headers": ADMISSION_HEADERS,
+        },
         **_SUBMIT_ERRORS,
     },
     openapi_extra=_job_request_body(),
 )
 async def create_job(
     request: Request,
+    tenant: Annotated[Tenant | None, Depends(admit)],
     lora: Annotated[str | None, Header(description="LoRA to apply when the body names no model.")] = None,
     idempotency_key: Annotated[
         str | None,
@@ -139,7 +148,7 @@ async def create_job(
         if existing is not None:
             return await _replay(request, existing)
     try:
-        await enqueue(svc, job)
+        await enqueue(svc, job, tenant)
     except errors.LorafarmError:
         if key:
             await track.unbind(key, job.id)

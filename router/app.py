@@ -18,12 +18,13 @@ from common.hub import HubResolver, hub_fetcher
 from common.schemas import InferenceRequest
 from router import api, api_jobs, metrics, widget
 from router import errors as http_errors
+from router.admission import RATE_HEADERS
 from router.fleet import Fleet
 from router.observe import ObservedRequest
-from router.placement import PlacementRules
 from router.queue import JobQueue
 from router.services import Services
-from router.settings import RouterSettings
+from router.settings import RouterSettings, placement_rules
+from router.tenants import KeyDirectory, RateHeaders
 from router.tracker import JobTracker
 
 log = logging.getLogger("router")
@@ -51,6 +52,7 @@ class RequestLog(ObservedRequest):
             "duration_ms": f"{seconds * 1000:.1f}",
             "job": state.get("job_id"),
             "repo": state.get("repo"),
+            "tenant": getattr(state.get("tenant"), "name", None),
             "error_type": state.get("error_type"),
         }
         line = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
@@ -60,12 +62,17 @@ class RequestLog(ObservedRequest):
 
 def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
     """The queue, the resolver and the job tracker of one app, and the Redis clients to close at shutdown."""
-    client = async_client(settings.redis_url, max_connections=settings.redis_max_connections)
+    target = settings.redis_target()
+    client = async_client(target, max_connections=settings.redis_max_connections)
     # One connection per waiting request; admitted requests are bounded by the queues' bound.
-    waiter = async_client(
-        settings.redis_url, max_connections=settings.queue_max * len(settings.pools) + 16, socket_timeout=10.0
+    waiter = async_client(target, max_connections=settings.queue_max * len(settings.pools) + 16, socket_timeout=10.0)
+    queue = JobQueue(
+        client,
+        worker_ttl_s=settings.worker_ttl_s,
+        queue_max=settings.queue_max,
+        waiter=waiter,
+        replication=settings.replication(),
     )
-    queue = JobQueue(client, worker_ttl_s=settings.worker_ttl_s, queue_max=settings.queue_max, waiter=waiter)
     token = settings.hf_token
     resolver = HubResolver(
         hub_fetcher(settings.hf_endpoint, token, settings.hub_timeout_s),
@@ -76,18 +83,13 @@ def build_services(settings: RouterSettings) -> tuple[Services, list[Any]]:
         ttl_s=settings.metadata_ttl_s,
         timeout_s=settings.hub_timeout_s,
     )
-    fleet = Fleet(
-        PlacementRules(
-            affinity=settings.affinity,
-            max_queue=settings.affinity_max_queue,
-            stale_after_s=settings.worker_ttl_s,
-        )
-    )
+    fleet = Fleet(placement_rules(settings))
     # Each event stream holds one pub/sub connection: a pool of their own keeps them from
     # starving the short commands; past the bound a stream waits, then answers 503.
-    events = async_client(settings.redis_url, max_connections=settings.event_streams_max, socket_timeout=10.0)
+    events = async_client(target, max_connections=settings.event_streams_max, socket_timeout=10.0)
     tracker = JobTracker(client, events, scan_max=settings.queue_max)
-    svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker)
+    directory = KeyDirectory(client, settings)
+    svc = Services(settings=settings, queue=queue, resolver=resolver, fleet=fleet, tracker=tracker, keys=directory)
     return svc, [client, waiter, events]
 
 
@@ -167,9 +169,12 @@ def create_app(settings: RouterSettings) -> FastAPI:
                 "x-adapter-warm",
                 "x-seed",
                 "location",
+                "retry-after",
+                *(name.lower() for name in RATE_HEADERS),
             ],
         )
+    app.add_middleware(RateHeaders)
     metrics.install(app)
     app.add_middleware(RequestLog)
-    _install_openapi(app, api_key=settings.api_key is not None)
+    _install_openapi(app, api_key=settings.api_key is not None or settings.tenant_keys)
     return app

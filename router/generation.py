@@ -20,6 +20,8 @@ from fastapi import Request
 from common import errors
 from common.hub import Destination, HubResolver, validate_repo_id
 from common.schemas import ImageFormat, InferenceRequest, Job, JobResult
+from common.tenants import Tenant
+from router.admission import RATE_HEADERS, quota
 from router.jobs import MAX_BODY_BYTES, build_job, check_family, compose, random_seed
 from router.queue import JobQueue
 from router.services import Services
@@ -39,6 +41,9 @@ ENQUEUE_ERRORS = (
     errors.UnsafeAdapterFormat,
     errors.AdapterTooLarge,
     errors.AdapterIncompatible,
+    errors.RateLimited,
+    errors.ConcurrencyLimited,
+    errors.KeyQueueFull,
     errors.QueueFull,
     errors.NoWorker,
     errors.RedisUnavailable,
@@ -68,6 +73,11 @@ IMAGE_HEADERS = {
         "x-seed": "Seed used (random when the request named none).",
         "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
     }.items()
+}
+#: The headers of an answer to a request a key's rate admitted (or refused), as OpenAPI declares them.
+ADMISSION_HEADERS = {
+    name: {"description": f"With a key that has a rate limit: {text}", "schema": {"type": "string"}}
+    for name, text in RATE_HEADERS.items()
 }
 
 #: Polled while waiting: True once nobody waits for the image any more (the client went away).
@@ -118,19 +128,40 @@ async def plan_job(
     return build_job(body, pool, adapters, fmt, seed=seed, timeout_s=timeout_s)
 
 
-async def enqueue(svc: Services, job: Job) -> str:
-    """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream."""
+async def enqueue(svc: Services, job: Job, tenant: Tenant | None = None) -> str:
+    """Put the job on its pool: on the worker placement picks (adapter affinity), else the shared stream.
+
+    Admission: a key's job counts against its concurrency and its share of the pool (``quota``);
+    its rate was taken before planning (``router.tenants.admit``).
+    """
     workers = await svc.queue.live_workers(job.pool)
     check_family(job, workers)
-    target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if svc.settings.affinity else None
-    return await svc.queue.submit(job, worker_id=target, workers=workers)
+    settings = svc.settings
+    target = svc.fleet.place(job.adapters, workers, time.time(), job.id) if settings.affinity else None
+    live = sum(1 for w in workers if w.status != "draining")
+    limits = quota(
+        tenant,
+        fair=settings.tenant_keys,
+        live_workers=live,
+        per_worker=settings.tenant_share_per_worker,
+        queue_max=settings.queue_max,
+        queue_share=settings.tenant_queue_share,
+    )
+    name = tenant.name if tenant is not None else None
+    return await svc.queue.submit(job, worker_id=target, workers=workers, tenant=name, quota=limits)
 
 
-async def generate(svc: Services, job: Job, *, timeout_s: float, gone: Gone) -> tuple[JobResult, bytes]:
-    """Enqueue the planned job and wait for its image: ``Timeout`` (the job cancelled) past ``timeout_s``."""
-    await enqueue(svc, job)
+async def generate(
+    svc: Services, job: Job, *, timeout_s: float, gone: Gone, tenant: Tenant | None = None
+) -> tuple[JobResult, bytes]:
+    """Enqueue the planned job and wait for its image: ``Timeout`` (the job cancelled) past ``timeout_s``.
+
+    A job that Redis loses while it is waited for (a failover to a replica that never had it) is
+    enqueued again under the same id, once: whichever run writes the result first is the answer.
+    """
+    await enqueue(svc, job, tenant)
     try:
-        found = await svc.queue.wait(job.id, timeout_s, stop=gone)
+        found = await svc.queue.wait(job.id, timeout_s, stop=gone, lost=lambda: enqueue(svc, job, tenant))
     except asyncio.CancelledError:
         await asyncio.shield(_cancel_quietly(svc.queue, job.id))
         raise

@@ -58,7 +58,7 @@ class PlacementRules:
     #: Jobs on one worker (in flight plus waiting) at which it counts as overloaded.
     max_queue: int = 2
     #: Expected wait before a new job would start, past which a worker counts as overloaded.
-    max_wait_s: float = 2.0
+    max_wait_s: float = 1.0
     #: Most workers one adapter may occupy (fused or queued) before jobs queue on its holders.
     max_holders: int = 2
     #: When every candidate is overloaded, send the job to the shared pool stream (``None``) rather

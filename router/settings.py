@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from common.settings import CommonSettings, split_list
+from router.placement import PlacementRules
 
 
 class RouterSettings(CommonSettings):
@@ -46,6 +47,25 @@ class RouterSettings(CommonSettings):
     affinity_max_queue: int = Field(
         default=2, ge=1, description="Jobs on one worker (in hand and waiting) at which placement spills."
     )
+    affinity_max_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Expected seconds before a new job would start on a worker, past which placement spills "
+            "(about one adapter download: an idle worker that fetches it starts sooner)."
+        ),
+    )
+    affinity_max_holders: int = Field(
+        default=2, ge=1, description="Most workers one adapter may occupy before its jobs queue on its holders."
+    )
+    affinity_min_residency_s: float = Field(
+        default=30.0, ge=0, description="A worker that swapped less than this ago is steered away from swapping again."
+    )
+    affinity_damping_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds added to such a worker's expected finish when placement weighs it (thrash damping).",
+    )
     metadata_ttl_s: float = Field(default=300.0, ge=0, description="Seconds a repo's Hub metadata is cached.")
     hub_timeout_s: float = Field(default=10.0, gt=0, description="Timeout of one Hub metadata call.")
     max_adapter_bytes: int = Field(
@@ -55,6 +75,36 @@ class RouterSettings(CommonSettings):
     )
     api_key: SecretStr | None = Field(
         default=None, description="When set, requests need `Authorization: Bearer <key>` (401 otherwise)."
+    )
+    api_key_rate_per_s: float = Field(
+        default=0.0, ge=0, description="Generation requests per second of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    api_key_burst: int = Field(default=0, ge=0, description="Requests at once above that rate (0: one second's worth).")
+    api_key_concurrency: int = Field(
+        default=0, ge=0, description="Unfinished jobs at once of the `LORAFARM_API_KEY` key (0: no limit)."
+    )
+    tenant_keys: bool = Field(
+        default=False,
+        description=(
+            "Require an API key of the key ring in Redis (`lorafarm keys add`), each with its own name and "
+            "limits, and share each pool fairly between keys (`LORAFARM_API_KEY`, if set, is one more key)."
+        ),
+    )
+    key_cache_s: float = Field(
+        default=2.0, ge=0, description="Seconds a router trusts a key it looked up: a revoked key works this long."
+    )
+    tenant_share_per_worker: int = Field(
+        default=2,
+        ge=1,
+        description="With `LORAFARM_TENANT_KEYS`: jobs one key may have on a pool's streams per live worker; "
+        "further jobs of that key wait behind other keys' jobs (parked).",
+    )
+    tenant_queue_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="With `LORAFARM_TENANT_KEYS`: the part of a pool's `LORAFARM_QUEUE_MAX` one key may fill "
+        "(429 `key_queue_full` past it), so a burst of one key leaves room for the others.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (comma-separated; empty: CORS off)."
@@ -99,3 +149,17 @@ class RouterSettings(CommonSettings):
         """The default base (always set after validation)."""
         assert self.default_base is not None
         return self.default_base
+
+
+def placement_rules(settings: RouterSettings) -> PlacementRules:
+    """The placement rules these settings ask for: what the router places by, and what
+    ``bench/simulate.py`` simulates (with the defaults)."""
+    return PlacementRules(
+        affinity=settings.affinity,
+        max_queue=settings.affinity_max_queue,
+        max_wait_s=settings.affinity_max_wait_s,
+        max_holders=settings.affinity_max_holders,
+        min_residency_s=settings.affinity_min_residency_s,
+        damping_s=settings.affinity_damping_s,
+        stale_after_s=settings.worker_ttl_s,
+    )

@@ -19,6 +19,9 @@ from common import keys
 from common.connections import redis_errors
 from common.schemas import JobStatus
 
+#: Seconds to wait for Redis to confirm a subscription.
+SUBSCRIBE_TIMEOUT_S = 5.0
+
 # Delete the key only while it still names this job (a retry may have bound it since).
 _UNBIND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -62,18 +65,31 @@ class JobTracker:
             await self._unbind(keys=[keys.idempotency(key)], args=[job_id])
 
     async def position(self, job_id: str) -> int | None:
-        """Jobs ahead of this one on the stream it waits on (waiting or in hand); None once it left it."""
+        """Jobs ahead of this one on the stream it waits on (waiting or in hand); None once it left it.
+
+        A job parked behind its key's fair share has its own key's jobs ahead of it: those on the
+        pool's streams and those parked before it (it moves up as they settle).
+        """
         async with redis_errors():
-            stream, entry_id = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id"])
+            found = await self.redis.hmget(keys.job_entry(job_id), ["stream", "entry_id", "pool", "tenant"])
+            stream, entry_id, pool, tenant = (None if v is None else _text(v) for v in found)
             if stream is None or entry_id is None:
                 return None
-            entry = _text(entry_id)
+            if pool is not None and tenant is not None and stream == keys.pool_parked(pool):
+                return await self._parked_position(pool, tenant, entry_id)
             pipe = self.redis.pipeline(transaction=False)
             # Streams are bounded (queue_max per pool), so this range is short.
-            pipe.xrange(_text(stream), "-", f"({entry}", count=self.scan_max)
-            pipe.xrange(_text(stream), entry, entry, count=1)
+            pipe.xrange(stream, "-", f"({entry_id}", count=self.scan_max)
+            pipe.xrange(stream, entry_id, entry_id, count=1)
             ahead, mine = await pipe.execute()
         return len(ahead) if mine else None
+
+    async def _parked_position(self, pool: str, tenant: str, entry_id: str) -> int | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.tenant_streamed(pool, tenant))
+        pipe.lpos(keys.tenant_parked(pool, tenant), entry_id)
+        streamed, index = await pipe.execute()
+        return None if index is None else int(streamed) + int(index)
 
     async def announce(self, status: JobStatus) -> None:
         """Publish a state the router set itself (a cancel before any worker took the job)."""
@@ -83,10 +99,14 @@ class JobTracker:
     @asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[PubSub]:
         """The job's event channel, subscribed (read the stored status *after* this to miss nothing)."""
-        pubsub = self.events.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.events.pubsub()
         try:
             async with redis_errors():
                 await pubsub.subscribe(keys.job_events(job_id))
+                # Take the confirmation now: read later, it would look like a quiet second and
+                # send the caller to the stored status, past messages already waiting behind it.
+                await pubsub.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+            pubsub.ignore_subscribe_messages = True
             yield pubsub
         finally:
             # Shielded: a client that goes away cancels the stream, and an unshielded close would

@@ -8,9 +8,7 @@ import signal
 import threading
 from typing import Any
 
-import redis
-
-from common.connections import sync_client
+from common.connections import OUTAGES, sync_client
 from worker.calibrate import calibrate
 from worker.compiled import CompiledDenoiser, CompileFailed
 from worker.engine import SwapEngine
@@ -117,8 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         swapper = EngineSwapper(engine, store, mode=settings.swap_mode, costs=costs)
 
     # The socket timeout outlasts the claim's blocking read, or every idle claim would time out.
-    client = sync_client(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 5)
-    queue = WorkerQueue(client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
+    client = sync_client(settings.redis_target(), socket_timeout=settings.block_ms / 1000 + 5)
+    queue = WorkerQueue(
+        client,
+        settings.base,
+        settings.worker_id,
+        max_deliveries=settings.max_deliveries,
+        replication=settings.replication(),
+    )
     worker = Worker(settings, queue, pipe, swapper, metrics, device=resolve_device(settings.device), compiled=compiled)
     if settings.worker_port:
         start_probe(
@@ -141,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         beat_stop.set()
         beat.join(timeout=settings.heartbeat_s + 1)
         try:
+            if worker.settle_again():
+                log.warning("event=unsettled_at_exit jobs=%d (peers take them over)", len(worker.unsettled))
             worker.hand_back()
             queue.deregister()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except OUTAGES:
             pass
         log.info("event=worker_stopped worker=%s jobs_done=%d", settings.worker_id, worker.jobs_done)
 

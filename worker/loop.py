@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import redis
-
 from common import errors
+from common.connections import OUTAGES
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
 from worker.families import pipeline_family
@@ -24,8 +24,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_REDIS_DOWN = OUTAGES
 _MAX_BACKOFF_S = 5.0
+#: Results waiting to be settled again (Redis down, or the replicas did not confirm them) past
+#: which the worker claims no new job: each one holds its image in memory.
+_MAX_UNSETTLED = 8
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """A job run to its result that Redis does not hold for sure yet: settled again from memory, not run again."""
+
+    delivery: Delivery
+    result: JobResult
+    image: bytes | None
 
 
 class Worker:
@@ -64,6 +76,8 @@ class Worker:
         self.last_swap_at: float | None = None
         #: Jobs claimed and not yet served (placed on this worker, or adopted from a dead one).
         self.backlog: list[Delivery] = []
+        #: Jobs served whose settle did not go through (``settle_again``).
+        self.unsettled: list[Unsettled] = []
 
     # --- the loop -------------------------------------------------------------------
 
@@ -78,10 +92,12 @@ class Worker:
                 if not grouped:
                     self.queue.ensure_group()
                     if not recovered:
-                        held = {d.entry_id for d in self.backlog}
+                        held = {d.entry_id for d in self.backlog} | {u.delivery.entry_id for u in self.unsettled}
                         self.backlog += [d for d in self.queue.recover() if d.entry_id not in held]
                         recovered = True
                     grouped = True
+                if self.unsettled and len(self.settle_again()) >= _MAX_UNSETTLED:
+                    continue
                 if time.monotonic() >= next_reclaim:
                     self.backlog += self.queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
                     next_reclaim = time.monotonic() + self.settings.lease_s / 2
@@ -97,13 +113,26 @@ class Worker:
                 self._prefetch_after(delivery)
                 self.serve(delivery)
             except _REDIS_DOWN as exc:
-                # Once Redis is back, take up again what this worker holds there: the job in hand
-                # when it went down could not be settled, and nobody else adopts a live worker's jobs.
+                # Once Redis is back, take up again what this worker holds there (nobody else adopts
+                # a live worker's jobs), except the jobs it ran already: those are settled again.
                 self.redis_ok, grouped, recovered = False, False, False
                 log.warning("event=redis_down error=%r retry_in=%.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
         self.status = "draining"
+
+    def settle_again(self) -> list[Unsettled]:
+        """Settle again, oldest first, the jobs whose settle did not go through; returns those still unsettled.
+
+        Stops at the first one the replicas still do not confirm: the next ones would wait as long.
+        """
+        while self.unsettled:
+            first = self.unsettled[0]
+            if not self.queue.settle(first.delivery, first.result, first.image):
+                break
+            self.unsettled.pop(0)
+            log.info("event=result_settled job=%s", first.result.job_id)
+        return self.unsettled
 
     def hand_back(self) -> None:
         """Return the jobs claimed but not served to the pool's shared stream (on shutdown)."""
@@ -148,7 +177,13 @@ class Worker:
         until ``max_deliveries``, then dead-letters it with a failed result.
         """
         job = delivery.job
-        if self._dropped(job):
+        standing = self.queue.standing(job.id)
+        if standing.settled:
+            # Delivered again after its result was written: a failover, or the router submitting it again.
+            log.info("event=already_settled job=%s (not run again)", job.id)
+            self.queue.ack(delivery.entry_id, delivery.stream)
+            return
+        if standing.cancelled or (job.deadline is not None and time.time() > job.deadline):
             self._settle(delivery, "cancelled", "the job was cancelled before it ran", errors.JobCancelled.error_type)
             return
         self.status, self.current_job, self.current_started_at = "busy", job.id, time.time()
@@ -207,7 +242,6 @@ class Worker:
             inference_s=inference_s,
             compute_s=time.perf_counter() - start,
         )
-        self._finish(delivery, result, data)
         log.info(
             "event=job_done job=%s adapters=%s warm=%s mode=%s swap_s=%.4f inference_s=%.3f",
             job.id,
@@ -217,13 +251,20 @@ class Worker:
             outcome.seconds,
             inference_s,
         )
+        self._finish(delivery, result, data)
 
     def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
-        if not self.queue.publish_result(result, image):
-            log.info("event=duplicate_result job=%s", result.job_id)
-        self.queue.ack(delivery.entry_id, delivery.stream)
+        """Settle a job run to its result; kept to settle again if Redis is down or the replicas lag."""
         self.metrics.job(result.status)
         self.jobs_done += 1
+        try:
+            settled = self.queue.settle(delivery, result, image)
+        except _REDIS_DOWN:
+            self.unsettled.append(Unsettled(delivery, result, image))
+            raise
+        if not settled:
+            log.warning("event=result_unconfirmed job=%s (settled again until the replicas hold it)", result.job_id)
+            self.unsettled.append(Unsettled(delivery, result, image))
 
     def _settle(self, delivery: Delivery, status: Literal["failed", "cancelled"], error: str, error_type: str) -> None:
         """Publish a result without an image (failed or cancelled) and acknowledge the job."""
@@ -231,11 +272,6 @@ class Worker:
             job_id=delivery.job.id, status=status, worker_id=self.worker_id, error=error, error_type=error_type
         )
         self._finish(delivery, result, None)
-
-    def _dropped(self, job: Job) -> bool:
-        if job.deadline is not None and time.time() > job.deadline:
-            return True
-        return self.queue.is_cancelled(job.id)
 
     def _progress(self, job: Job, cancelled: threading.Event) -> Any:
         last = 0.0
@@ -246,11 +282,14 @@ class Worker:
             if step < steps and now - last < self.settings.progress_interval_s:
                 return False
             last = now
-            self.queue.set_status(
-                JobStatus(job_id=job.id, state="running", step=step, steps=steps, worker_id=self.worker_id)
-            )
-            if self.queue.is_cancelled(job.id):
-                cancelled.set()
+            try:
+                self.queue.set_status(
+                    JobStatus(job_id=job.id, state="running", step=step, steps=steps, worker_id=self.worker_id)
+                )
+                if self.queue.is_cancelled(job.id):
+                    cancelled.set()
+            except _REDIS_DOWN:
+                pass  # progress is best effort: the job goes on through an outage, its result waits for Redis
             return cancelled.is_set()
 
         return on_step

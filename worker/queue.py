@@ -1,9 +1,10 @@
 """A worker's end of its pool's queue (synchronous redis-py): claim, settle, hand back, announce.
 
-The protocol both ends follow is described in ``common/protocol.py``. Redis's
-``ConnectionError`` and ``TimeoutError`` go through to the caller: the worker loop backs off on
-them. Taking over the jobs of dead workers is ``worker/adoption.py``'s; giving up on a job,
-``worker/deadletter.py``'s.
+The protocol both ends follow is described in ``common/protocol.py``. Redis outages
+(``common.connections.OUTAGES``) go through to the caller: the worker loop backs off on them.
+Taking over the jobs of dead workers is ``worker/adoption.py``'s; giving up on a job,
+``worker/deadletter.py``'s. With replicas required (``Replication``), a job is settled only once
+they hold its result and acknowledgement (``settle``).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from pydantic import ValidationError
 
 from common import keys
 from common.protocol import no_stream, terminal_status, text, unclaimed_start
+from common.replication import Replication
 from common.schemas import Job, JobResult, JobStatus, WorkerState
 from common.scripts import HandBack, Publish
+from common.shares import TenantKeys
 from worker import deadletter
 from worker.adoption import Adoption
 
@@ -40,14 +43,33 @@ class Delivery:
     stream: str = ""
 
 
-class WorkerQueue:
-    """A worker's end of its pool's queue (synchronous redis-py)."""
+class Standing(NamedTuple):
+    """What Redis says of a job about to run: it has a result already, or it was cancelled."""
 
-    def __init__(self, redis: redis.Redis, pool: str, worker_id: str, *, max_deliveries: int = 3) -> None:
+    settled: bool
+    cancelled: bool
+
+
+class WorkerQueue:
+    """A worker's end of its pool's queue (synchronous redis-py).
+
+    ``replication``: the replicas that must hold a result before its job counts as settled.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis,
+        pool: str,
+        worker_id: str,
+        *,
+        max_deliveries: int = 3,
+        replication: Replication | None = None,
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.worker_id = worker_id
         self.max_deliveries = max_deliveries
+        self.replication = replication or Replication()
         self.stream = keys.pool_stream(pool)
         self.own = keys.worker_stream(pool, worker_id)
         self._publish = Publish(redis)
@@ -176,6 +198,14 @@ class WorkerQueue:
         """Whether the router cancelled the job (nobody waits for it any more)."""
         return bool(self.redis.exists(keys.job_cancel(job_id)))
 
+    def standing(self, job_id: str) -> Standing:
+        """Whether the job has a result already (delivered again: a failover, a re-submission) or was cancelled."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.job_result(job_id))
+        pipe.exists(keys.job_cancel(job_id))
+        settled, cancelled = pipe.execute()
+        return Standing(settled=bool(settled), cancelled=bool(cancelled))
+
     def set_status(self, status: JobStatus) -> None:
         """Record the job's latest state and publish it on the job's event channel."""
         raw = status.model_dump_json()
@@ -184,18 +214,40 @@ class WorkerQueue:
         pipe.publish(keys.job_events(status.job_id), raw)
         pipe.execute()
 
-    def publish_result(self, result: JobResult, image: bytes | None) -> bool:
-        """Write the job's result once and wake its waiter; False when a result was already written."""
-        return self._publish(
-            result=keys.job_result(result.job_id),
-            done=keys.job_done(result.job_id),
-            status=keys.job_status(result.job_id),
-            events=keys.job_events(result.job_id),
-            meta=result.model_dump_json(),
-            image=image,
-            final=terminal_status(result).model_dump_json(),
-            ttl_s=keys.RESULT_TTL_S,
-        )
+    def publish_result(self, result: JobResult, image: bytes | None, job: Job | None = None) -> bool:
+        """Write the job's result once and wake its waiter; False when a result was already written.
+
+        ``job``: the job settled, when known; a key's job then gives its place back to its key
+        (its concurrency, its fair share: ``common/shares.py``).
+        """
+        return self._publish(**self._publish_args(result, image, job))
+
+    def settle(self, delivery: Delivery, result: JobResult, image: bytes | None) -> bool:
+        """Publish the job's result and acknowledge its entry; False while the replicas do not hold both.
+
+        Without replicas required this is ``publish_result`` then ``ack``. With them, both go on one
+        connection, then ``WAIT``. A settle they did not confirm is to be done again, by the same
+        call (the result is written once, the acknowledgement is idempotent), until they do: after
+        a failover, on the new primary, which may lack both.
+        """
+        if not self.replication.required:
+            if not self.publish_result(result, image, delivery.job):
+                log.info("event=duplicate_result job=%s", result.job_id)
+            self.ack(delivery.entry_id, delivery.stream)
+            return True
+        key, stream = keys.job_result(result.job_id), delivery.stream or self.stream
+        pipe = self.redis.pipeline(transaction=False)
+        self._publish(client=pipe, **self._publish_args(result, image, delivery.job))
+        # A write that always propagates: when the result was written by an earlier try, WAIT
+        # after it still confirms that result (replicas receive the primary's writes in order).
+        pipe.expire(key, keys.RESULT_TTL_S)
+        pipe.xack(stream, keys.WORKER_GROUP, delivery.entry_id)
+        pipe.xdel(stream, delivery.entry_id)
+        self.replication.confirm_on(pipe)
+        replies = pipe.execute()
+        if not replies[0]:
+            log.info("event=duplicate_result job=%s", result.job_id)
+        return self.replication.confirmed(replies)
 
     def ack(self, entry_id: str, stream: str | None = None) -> None:
         """Settle an entry: acknowledge and delete it, so the stream length counts live jobs only."""
@@ -246,6 +298,21 @@ class WorkerQueue:
 
     # --- helpers ---
 
+    def _publish_args(self, result: JobResult, image: bytes | None, job: Job | None) -> dict[str, Any]:
+        tenant = job.tenant if job is not None else None
+        return {
+            "result": keys.job_result(result.job_id),
+            "done": keys.job_done(result.job_id),
+            "status": keys.job_status(result.job_id),
+            "events": keys.job_events(result.job_id),
+            "meta": result.model_dump_json(),
+            "image": image,
+            "final": terminal_status(result).model_dump_json(),
+            "ttl_s": keys.RESULT_TTL_S,
+            "job_id": result.job_id,
+            "tenant": TenantKeys.of(self.pool, tenant) if tenant else None,
+        }
+
     def _delivery(self, stream: str, entry_id: str, fields: dict[Any, Any], deliveries: int) -> Delivery | None:
         try:
             job = Job.from_fields(fields)
@@ -267,7 +334,7 @@ class WorkerQueue:
             worker_id=self.worker_id,
         )
         error = f"the job failed on {tries} deliveries and was dropped"
-        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None)
+        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None, job)
         self.ack(delivery.entry_id, delivery.stream)
 
     def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:

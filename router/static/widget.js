@@ -188,10 +188,26 @@
       return;
     }
     if (ui.key.value.trim()) sessionStorage.setItem(KEY_STORE, ui.key.value.trim());
+    if (!("family" in root.dataset)) fitFamily(); // unknown when the page opened (say, no key yet)
     ui.job.textContent = `job ${body.id}`;
     show(body);
     follow(body.id);
   }
 
+  // A family that takes no negative prompt (FLUX.1) gets the field disabled, saying why. Unknown
+  // (no live worker yet, an API key needed, the Hub down): the field stays, the API answers for it.
+  async function fitFamily() {
+    const resp = await fetch(`${api}/models/${model}`, { headers: authHeaders() }).catch(() => null);
+    if (!resp || !resp.ok) return;
+    const info = await resp.json();
+    root.dataset.family = info.family || "";
+    if (info.negative_prompt) return;
+    ui.negative.value = "";
+    ui.negative.disabled = true;
+    ui.negative.placeholder = `not taken by ${info.family || "this model"}`;
+    ui.negative.title = info.negative_prompt_refused;
+  }
+
   ui.form.addEventListener("submit", compute);
+  fitFamily();
 })();

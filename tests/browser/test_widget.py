@@ -53,12 +53,12 @@ document.addEventListener("DOMContentLoaded", () => {
 
 @pytest.fixture(scope="module")
 def farm(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    """One SDXL-shaped pool; workers publish every step, so the bar has steps to show."""
+    """An SDXL-shaped pool and a FLUX.1 one; workers publish every step, so the bar has steps to show."""
     farm = Farm(
         FarmConfig(
             state_dir=tmp_path_factory.mktemp("farm"),
             zoo_dir=zoo_dir,
-            pools=["tiny/sdxl-base"],
+            pools=["tiny/sdxl-base", "tiny/flux-base"],
             env={"LORAFARM_DEFAULT_STEPS": "2", "LORAFARM_HEARTBEAT_S": "0.5", "LORAFARM_PROGRESS_INTERVAL_S": "0"},
         )
     )
@@ -137,6 +137,23 @@ def test_widget_computes_an_image_with_live_progress(farm: Farm, browser: Any) -
         "() => document.getElementById('status').textContent === 'Done.' && "
         "document.getElementById('meta').textContent.includes('warm')",
     )
+    page.close()
+
+
+def test_widget_disables_the_negative_prompt_where_the_family_takes_none(farm: Farm, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(f"{farm.router_url}/widget/tiny/flux-lora-diffusers")
+    wait_for(page, "() => document.getElementById('widget').dataset.family === 'flux'")
+    assert page.is_disabled("#negative")
+    assert "guidance-distilled" in (page.get_attribute("#negative", "title") or "")
+    page.fill("#prompt", "a flux of elephants")
+    page.click("#compute")
+    wait_for(page, "() => document.getElementById('image').naturalWidth > 0")
+    assert page.is_hidden("#error")
+
+    page.goto(f"{farm.router_url}/widget/{LORA}")  # SDXL takes one
+    wait_for(page, "() => document.getElementById('widget').dataset.family === 'sdxl'")
+    assert page.is_enabled("#negative")
     page.close()
 
 

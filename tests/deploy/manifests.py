@@ -20,6 +20,7 @@ POOL_DIRS = sorted(path for path in (K8S / "pools").iterdir() if path.is_dir())
 COMPOSE_SETS = {
     "gpu": ("docker-compose.yml",),
     "cpu": ("docker-compose.yml", "docker-compose.cpu.yml"),
+    "gpu-ha": ("docker-compose.yml", "docker-compose.ha.yml"),
 }
 
 

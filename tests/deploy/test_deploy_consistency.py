@@ -15,10 +15,12 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from common import keys
+from common.settings import CommonSettings
 from lorafarm import settingsdoc
 from router.settings import RouterSettings
 from tests.deploy.manifests import (
     COMPOSE_SETS,
+    DEPLOY,
     OVERLAYS,
     POOL_DIRS,
     compose_services,
@@ -31,6 +33,12 @@ Build = Callable[[Path], tuple[dict[str, Any], ...]]
 ROUTER_PORT = RouterSettings.model_fields["port"].default
 WORKER_PORT = WorkerSettings.model_fields["worker_port"].default
 ROUTER_GRACE_S = RouterSettings.model_fields["shutdown_grace_s"].default
+#: The sentinels' down-after, the default of deploy/k8s/redis-ha/start-sentinel.sh: a failover takes
+#: that and the election, and a worker silent for LORAFARM_WORKER_TTL_S meanwhile counts as dead.
+SENTINEL_DOWN_AFTER_S = (
+    int(re.findall(r"SENTINEL_DOWN_AFTER_MS:-(\d+)", (DEPLOY / "k8s/redis-ha/start-sentinel.sh").read_text())[-1])
+    / 1000
+)
 
 
 def _role(name: str) -> type[BaseSettings] | None:
@@ -130,6 +138,34 @@ def test_compose_cpu_demo_runs_without_gpu_against_the_devhub() -> None:
             assert env["HF_ENDPOINT"] == "http://devhub:8900", f"{name} does not use the devhub"
         if _role(name) is WorkerSettings:
             assert service_env(service)["LORAFARM_DEVICE"] == "cpu"
+
+
+def test_compose_ha_reaches_redis_through_the_sentinels() -> None:
+    """With the HA file: every lorafarm service names the sentinel services; servers and sentinels
+    start from the scripts of deploy/k8s/redis-ha, agree on the master name, and keep their own volume."""
+    services = compose_services(COMPOSE_SETS["gpu-ha"])
+    servers = {n: s for n, s in services.items() if "/scripts/start-redis.sh" in s.get("command", [])}
+    sentinels = {n: s for n, s in services.items() if "/scripts/start-sentinel.sh" in s.get("command", [])}
+    assert len(servers) == 2 and len(sentinels) == 3
+    for name, service in {**servers, **sentinels}.items():
+        env = service_env(service)
+        assert env["REDIS_MASTER_NAME"] == "lorafarm" and env["REDIS_FIRST_PRIMARY"] in servers, name
+        mounts = {target: source for source, target, *_ in (str(v).split(":") for v in service["volumes"])}
+        assert (DEPLOY / mounts["/scripts"] / "start-redis.sh").is_file(), name
+        assert not mounts["/data"].startswith("."), f"{name}: /data is not a named volume"
+        assert (env.get("SENTINEL_SELF") or env.get("REDIS_SELF")) == name, "the name the others reach it by"
+    assert len({service_env(s)["REDIS_SELF"] for s in servers.values()}) == 2
+    for server in servers.values():
+        assert (service_env(server)["REDIS_SENTINELS"] or "").split() == [f"{n}:26379" for n in sentinels]
+    for name, service in services.items():
+        if _role(name) is None:
+            continue
+        env = service_env(service)
+        assert (env["LORAFARM_REDIS_SENTINELS"] or "").split(",") == [f"{n}:26379" for n in sentinels], name
+        assert env["LORAFARM_REDIS_MASTER_NAME"] == "lorafarm"
+        assert 1 <= int(env["LORAFARM_REDIS_MIN_REPLICAS"] or 0) <= len(servers) - 1
+        assert set(sentinels) <= set(service["depends_on"]), f"{name} starts before the sentinels"
+        assert float(env["LORAFARM_WORKER_TTL_S"] or 0) > 2 * SENTINEL_DOWN_AFTER_S, "a failover outlasts the TTL"
 
 
 # ---------------------------------------------------------------- Kubernetes helpers
@@ -243,13 +279,18 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {so['metadata']['name']} scales {target}, not a worker"
         base = workers[target][1]
+        watched = set()
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
-            assert trigger["type"] == "redis-streams"
-            assert meta["stream"] == keys.pool_stream(base), f"{target}: trigger {trigger.get('name')}"
+            assert trigger["type"] in ("redis-streams", "redis-sentinel-streams")
+            assert meta["stream"] in (keys.pool_stream(base), keys.pool_parked(base)), f"{target}: {trigger}"
+            watched.add(meta["stream"])
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.WORKER_GROUP
-        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in so["spec"]["triggers"]}
+        # The parked jobs of keys past their fair share are on a stream of their own, read by no worker.
+        assert watched == {keys.pool_stream(base), keys.pool_parked(base)}, f"{target} watches {watched}"
+        shared = [t for t in so["spec"]["triggers"] if t["metadata"]["stream"] == keys.pool_stream(base)]
+        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in shared}
         assert modes == {"lag", "len"}, "combine the group's lag with the stream length (lag can be null)"
     for hpa in _named(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]["name"]
@@ -277,15 +318,60 @@ def test_k8s_router_serves_the_pools_that_have_workers(overlay: Path, kustomize:
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_k8s_redis_url_and_keda_address_name_the_redis_service(overlay: Path, kustomize: Build) -> None:
     docs = kustomize(overlay)
-    url = urlsplit(_named(docs, "ConfigMap")[_configmap_with(docs, "LORAFARM_REDIS_URL")]["data"]["LORAFARM_REDIS_URL"])
+    settings = _named(docs, "ConfigMap")[_configmap_with(docs, "LORAFARM_REDIS_URL")]["data"]
+    if settings.get("LORAFARM_REDIS_SENTINELS"):
+        pytest.skip("Redis behind sentinels: test_k8s_sentinels_are_the_sentinel_pods")
+    url = urlsplit(settings["LORAFARM_REDIS_URL"])
     service = _named(docs, "Service")[url.hostname or ""]
     assert url.port in [p["port"] for p in service["spec"]["ports"]]
     namespace = service["metadata"]["namespace"]
     for so in _named(docs, "ScaledObject").values():
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
+            assert trigger["type"] == "redis-streams"
             assert meta["address"] == f"{url.hostname}.{namespace}.svc.cluster.local:{url.port}"
             assert meta.get("databaseIndex", "0") == (url.path.strip("/") or "0")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_k8s_sentinels_are_the_sentinel_pods(overlay: Path, kustomize: Build) -> None:
+    """Router, workers, KEDA and the Redis servers name the same sentinels: pods of the sentinel
+    StatefulSet, through its headless Service; the replicas required exist."""
+    docs = kustomize(overlay)
+    settings = _named(docs, "ConfigMap")[_configmap_with(docs, "LORAFARM_REDIS_URL")]["data"]
+    if not settings.get("LORAFARM_REDIS_SENTINELS"):
+        pytest.skip("one Redis: test_k8s_redis_url_and_keda_address_name_the_redis_service")
+    sets, services = _named(docs, "StatefulSet"), _named(docs, "Service")
+    pods: dict[str, str] = {}  # "pod.service" -> its namespace
+    for statefulset in sets.values():
+        service = services[statefulset["spec"]["serviceName"]]
+        assert service["spec"]["clusterIP"] == "None" and service["spec"].get("publishNotReadyAddresses")
+        for ordinal in range(statefulset["spec"]["replicas"]):
+            pods[f"{statefulset['metadata']['name']}-{ordinal}.{service['metadata']['name']}"] = service["metadata"][
+                "namespace"
+            ]
+    sentinels = settings["LORAFARM_REDIS_SENTINELS"].split(",")
+    assert len(sentinels) >= 3 and len(set(sentinels)) == len(sentinels)
+    for address in sentinels:
+        host, port = address.rsplit(":", 1)
+        assert host in pods and port == "26379", address
+    master = settings.get("LORAFARM_REDIS_MASTER_NAME") or CommonSettings.model_fields["redis_master_name"].default
+    qualified = {f"{a.rsplit(':', 1)[0]}.{pods[a.rsplit(':', 1)[0]]}.svc.cluster.local:26379" for a in sentinels}
+    for so in _named(docs, "ScaledObject").values():
+        for trigger in so["spec"]["triggers"]:
+            assert trigger["type"] == "redis-sentinel-streams"
+            assert set(trigger["metadata"]["addresses"].split(",")) == qualified
+            assert trigger["metadata"]["sentinelMaster"] == master
+    for statefulset in sets.values():
+        (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+        env = _env(container, docs, strict=True)
+        assert env["REDIS_MASTER_NAME"] == master
+        if "REDIS_SENTINELS" in env:  # a Redis server: it asks the same sentinels where the primary is
+            namespace = statefulset["metadata"]["namespace"]
+            named = {a.replace("$(POD_NAMESPACE)", namespace) for a in (env["REDIS_SENTINELS"] or "").split()}
+            assert named == qualified
+            assert int(settings["LORAFARM_REDIS_MIN_REPLICAS"]) <= statefulset["spec"]["replicas"] - 1
+    assert float(settings["LORAFARM_WORKER_TTL_S"]) > 2 * SENTINEL_DOWN_AFTER_S, "a failover outlasts the worker TTL"
 
 
 def _configmap_with(docs: tuple[dict[str, Any], ...], key: str) -> str:

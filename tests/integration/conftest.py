@@ -18,6 +18,7 @@ from common.connections import async_client, sync_client
 from router.app import create_app
 from router.settings import RouterSettings
 from tests.integration.inprocess import FLUX, SD15, SDXL, AppClient, InProcessWorker, Workers
+from tests.integration.replicas import ReplicaPair
 from worker.engine import SwapEngine
 from worker.pipeline import load_base
 from worker.settings import WorkerSettings
@@ -159,3 +160,11 @@ def flux_workers(
     started = start_workers({**tiny_bases, FLUX: tiny_flux}, redis_url, devhub_url, worker_cache)
     yield started
     started.close()
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaPair]:
+    """A primary and its replica (real redis-servers), shared by a module's tests."""
+    pair = ReplicaPair(tmp_path_factory.mktemp("replicas"))
+    yield pair
+    pair.close()

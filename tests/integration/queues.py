@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from common.schemas import AdapterRef, Job, JobResult, WorkerState
@@ -10,7 +12,7 @@ from worker.queue import WorkerQueue
 PNG = b"\x89PNG\r\n\x1a\nfake image bytes"
 
 
-def worker(sync_redis: redis.Redis, pool: str, name: str, *, live: bool = True, **kw: int) -> WorkerQueue:
+def worker(sync_redis: redis.Redis, pool: str, name: str, *, live: bool = True, **kw: Any) -> WorkerQueue:
     q = WorkerQueue(sync_redis, pool, name, **kw)
     q.ensure_group()
     if live:

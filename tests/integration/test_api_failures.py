@@ -106,6 +106,7 @@ async def sdxl_depth(client: httpx.AsyncClient) -> int:
     return int(next(p for p in status["pools"] if p["pool"] == SDXL)["queue_depth"])
 
 
+@pytest.mark.slow  # waits out its admitted requests' 5 s bound
 async def test_queue_full_is_429(app_client: AppClient, redis_url: str) -> None:
     with StubWorker(redis_url, SDXL, "idle", mode="idle"):
         async with app_client(queue_max=2, request_timeout_s=5) as client:

@@ -50,3 +50,22 @@ async def test_a_flux_lora_is_served_by_the_flux_worker(app_client: AppClient, f
     assert Image.open(io.BytesIO(lora.content)).size == (64, 64)
     assert lora.content != base.content
     assert [j.adapters[0].repo_id for j in flux_workers[FLUX].jobs if j.adapters] == ["tiny/flux-lora-diffusers"]
+
+
+async def test_a_models_pool_and_what_its_family_takes(app_client: AppClient, flux_workers: Workers) -> None:
+    """``GET /models/{repo_id}``: what the widget reads to leave out the fields a family refuses."""
+    async with app_client(pools=FLUX_POOLS) as client:
+        flux = (await client.get("/models/tiny/flux-lora-diffusers")).json()
+        sdxl = (await client.get("/models/tiny/sdxl-base")).json()
+        missing = await client.get("/models/tiny/no-such-lora")
+    assert (flux["pool"], flux["adapter"], flux["family"], flux["size_multiple"]) == (FLUX, True, "flux", 16)
+    assert flux["negative_prompt"] is False and "guidance-distilled" in flux["negative_prompt_refused"]
+    assert (sdxl["pool"], sdxl["adapter"], sdxl["family"], sdxl["negative_prompt"]) == (SDXL, False, "sdxl", True)
+    assert_error(missing, 404, "repo_not_found")
+    assert flux_workers[FLUX].jobs == []  # nothing was queued
+
+
+async def test_a_pool_without_a_live_worker_has_no_family_yet(app_client: AppClient) -> None:
+    async with app_client() as client:
+        info = (await client.get("/models/tiny/sdxl-lora-diffusers")).json()
+    assert (info["pool"], info["family"], info["negative_prompt"]) == (SDXL, None, True)

@@ -50,7 +50,7 @@ async def test_api_key(app_client: AppClient, workers: Workers) -> None:
 async def test_unknown_route_and_method(app_client: AppClient) -> None:
     async with app_client() as client:
         missing = await client.get("/nope")
-        method = await client.get("/models/tiny/sdxl-base")
+        method = await client.put("/models/tiny/sdxl-base")
     assert_error(missing, 404, "not_found")
     assert_error(method, 405, "method_not_allowed")
 
@@ -69,7 +69,12 @@ async def test_openapi_declares_bodies_and_errors(app_client: AppClient) -> None
         assert "Retry-After" in op["responses"]["503"]["headers"]
         assert set(op["responses"]["200"]["content"]) >= {"image/png", "image/jpeg", "image/webp"}
         headers = set(op["responses"]["200"]["headers"])
-        assert headers == {"x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed", "x-swap-time"}
+        image = {"x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed", "x-swap-time"}
+        rate = {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit", "RateLimit-Policy"}
+        assert headers == image | rate
+        # Every limit a 429 can name: the pool's bound and the key's three.
+        limits = set(op["responses"]["429"]["description"].split(", "))
+        assert limits == {"queue_full", "rate_limited", "concurrency_limited", "key_queue_full"}
         # Each error type is named once, whichever steps of the generation path can raise it.
         for response in op["responses"].values():
             named = [n for n in response["description"].split(", ") if n]

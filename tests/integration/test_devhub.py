@@ -222,6 +222,7 @@ def test_private_repo_needs_the_token(own_devhub: tuple[str, Path], devhub_url: 
     assert HfApi(endpoint=devhub_url, token="anything").model_info("tiny/sdxl-lora-private").private is True
 
 
+@pytest.mark.slow
 def test_zoo_is_deterministic(zoo_dir: Path, tmp_path: Path) -> None:
     ids = build_zoo(tmp_path)
     first, second = RepoStore(zoo_dir), RepoStore(tmp_path)
@@ -315,6 +316,7 @@ def test_sd15_lora_changes_the_image(devhub_url: str, hf_cache: Path) -> None:
     assert np.abs(generate(pipe) - base).mean() > 3.0
 
 
+@pytest.mark.slow
 def test_swap_loras_differ_from_each_other(sdxl: StableDiffusionXLPipeline, zoo_dir: Path) -> None:
     images = []
     for name in ("a", "b", "c"):

@@ -166,6 +166,32 @@ def test_kohya_fused_qkv_is_split_and_alpha_folded(adapters: dict[str, ParsedAda
     assert {layer.scale for layer in adapters["flux-lora-diffusers"].layers.values()} == {8 / 4}
 
 
+def test_kohya_linear1_at_flux1_width_is_split_onto_q_k_v_and_mlp(tmp_path: Path, zoo_dir: Path) -> None:
+    """``single_blocks_N_linear1`` (written only at FLUX.1's real widths) reaches four real-width targets."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from devhub.bfl import kohya_flux_state
+    from worker.adapter import validate
+    from worker.engine import target_modules
+
+    with torch.device("meta"):  # two real-width blocks: shapes only, no weights
+        transformer = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
+    real = kohya_flux_state(transformer, rank=4, alpha=2.0, gen=torch.Generator().manual_seed(0))
+    assert real["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape == (3 * 3072 + 12288, 4)
+    save_file(real, tmp_path / WEIGHTS)
+    adapter = read_adapter(tmp_path / WEIGHTS, key="real@test", max_bytes=1 << 30, max_rank=64, family=FLUX)
+    layers = adapter.layers
+    single = "transformer.single_transformer_blocks.0."
+    split = [layers[single + m] for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
+    assert [layer.up.shape[0] for layer in split] == [3072, 3072, 3072, 12288]
+    assert all(torch.equal(layer.down, split[0].down) for layer in split)  # one down matrix, alpha folded in
+    parts = dict.fromkeys(("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"))
+    validate(adapter, target_modules(FluxPipeline(**parts, transformer=transformer), FLUX.components))
+    tiny = parse(zoo_dir, "flux-lora-kohya").layers  # a tiny transformer cannot have FLUX.1's widths
+    assert single + "proj_mlp" not in tiny and single + "proj_out" in tiny
+
+
 def test_composition_matches_diffusers_set_adapters(
     zoo_dir: Path, pipe: Any, engine: SwapEngine, adapters: dict[str, ParsedAdapter]
 ) -> None:
@@ -209,6 +235,7 @@ operations = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ops=operations)
 def test_any_sequence_then_restore_is_bit_exact(

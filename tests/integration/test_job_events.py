@@ -15,7 +15,6 @@ from common.connections import async_client, sync_client
 from common.schemas import JobResult, JobStatus
 from router.events import job_events
 from router.tracker import JobTracker
-from tests.polling import wait_until
 from worker.queue import WorkerQueue
 
 pytestmark = pytest.mark.anyio
@@ -56,9 +55,12 @@ async def test_stored_state_then_published_ones_in_order_until_done(redis_url: s
     queue = worker_queue(redis_url)
     await tracker.redis.set(keys.job_status("j1"), JobStatus(job_id="j1", state="queued").model_dump_json())
 
+    stored_sent = threading.Event()
+
     def work() -> None:
-        # Publish once the event stream listens (pub/sub keeps nothing for late subscribers).
-        wait_until(lambda: queue.redis.pubsub_numsub(keys.job_events("j1"))[0][1] >= 1, 10, interval=0.01)
+        # Publish once the stream has sent the stored state, so what follows can only come as
+        # messages, all at once: none may be skipped in favour of a later stored state.
+        assert stored_sent.wait(10)
         for step in (1, 2, 3):
             queue.set_status(JobStatus(job_id="j1", state="running", step=step, steps=3))
         queue.set_status(JobStatus(job_id="j1", state="running", step=2, steps=3))  # late and stale
@@ -66,12 +68,17 @@ async def test_stored_state_then_published_ones_in_order_until_done(redis_url: s
 
     thread = threading.Thread(target=work)
     thread.start()
-    chunks = [c async for c in job_events(tracker, reader(tracker), "j1", max_s=20)]
+    chunks = []
+    async for chunk in job_events(tracker, reader(tracker), "j1", max_s=20):
+        chunks.append(chunk)
+        if chunk.startswith(b"id: "):
+            stored_sent.set()
     thread.join()
     assert chunks[0].startswith(b"retry: ")
     assert payloads(chunks) == ["queued:", "running:1", "running:2", "running:3", "done:"]
 
 
+@pytest.mark.slow
 async def test_quiet_stream_sends_keep_alive_comments_then_ends_at_max(tracker: JobTracker) -> None:
     await tracker.redis.set(keys.job_status("j2"), JobStatus(job_id="j2", state="queued").model_dump_json())
     start = time.monotonic()

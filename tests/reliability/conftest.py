@@ -18,6 +18,7 @@ import pytest
 
 from lorafarm.farm import Farm, FarmConfig
 from tests.polling import live_workers, wait_until
+from tests.reliability.figures import Figures, Value, record
 from tests.reliability.tools import SDXL, running_workers
 
 #: A test-only Redis password: every service of the farm reaches Redis with it in its URL.
@@ -68,6 +69,16 @@ def farm(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fa
         yield farm
     finally:
         farm.stop()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Figures:
+    """``figures(recovered_s=...)`` records what this test measured, for ``make reliability-report``."""
+
+    def add(**values: Value) -> None:
+        record(request.node.nodeid, values)
+
+    return add
 
 
 @pytest.fixture

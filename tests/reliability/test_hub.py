@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from lorafarm.farm import Farm
+from tests.reliability.figures import Figures
 from tests.reliability.tools import SDXL, assert_error, body, post, wait_until, worker_logs
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def disk_loads(farm: Farm, repo: str) -> int:
 
 
 @pytest.mark.timeout(150)
-def test_hub_slow_then_gone_then_back(one_worker: Farm) -> None:
+def test_hub_slow_then_gone_then_back(one_worker: Farm, figures: Figures) -> None:
     farm = one_worker
     for repo in KNOWN:
         assert post(farm, repo).status_code == 200
@@ -66,4 +67,7 @@ def test_hub_slow_then_gone_then_back(one_worker: Farm) -> None:
             farm.start_devhub()
     back = time.monotonic()
     wait_until(lambda: post(farm, UNKNOWN).status_code == 200, 15, interval=0.5, what="the new LoRA served")
-    print(f"slow_hub_unknown_s={slow_unknown_s:.2f} hub_back_to_served_s={time.monotonic() - back:.1f}")
+    figures(
+        unknown_lora_503_with_a_slow_hub_s=round(slow_unknown_s, 2),
+        new_lora_served_after_hub_back_s=round(time.monotonic() - back, 2),
+    )

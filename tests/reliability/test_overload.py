@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from lorafarm.farm import Farm
+from tests.reliability.figures import Figures
 from tests.reliability.tools import (
     SDXL,
     RssSampler,
@@ -51,7 +52,7 @@ def test_past_the_queue_bound_429_with_retry_after(one_worker: Farm) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm) -> None:
+def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm, figures: Figures) -> None:
     farm = one_worker
     pid = farm.procs["router"].pid
     # Warm the router up first (imports, pools, caches), so the baseline is its steady state.
@@ -70,10 +71,16 @@ def test_a_burst_of_1000_requests_keeps_router_memory_bounded(one_worker: Farm) 
     assert rss.peak - baseline < RSS_GROWTH_MB
     assert farm.procs["router"].poll() is None
     assert_clean(redis_client(farm), timeout=30)
+    figures(
+        answered_200=summary["statuses"].get("200", 0),
+        answered_429=summary["statuses"].get("429", 0),
+        router_rss_before_mb=round(baseline, 1),
+        router_rss_peak_mb=round(rss.peak, 1),
+    )
 
 
 @pytest.mark.timeout(180)
-def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Farm) -> None:
+def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Farm, figures: Figures) -> None:
     """The router's event loop never waits on model or Redis work: /health stays fast under a burst.
 
     On this 2-core machine the two workers and the load generator would take the router's CPU
@@ -112,10 +119,16 @@ def test_health_answers_within_50ms_while_the_pool_is_saturated(two_workers: Far
     # none near what a loop blocked by model work would show (one 6-step job is about 0.4 s).
     assert statistics.quantiles(probes, n=100)[98] < HEALTH_BOUND_S
     assert max(probes) < HICCUP_BOUND_S
+    figures(
+        probes=len(probes),
+        median_ms=round(statistics.median(probes) * 1000, 1),
+        p99_ms=round(statistics.quantiles(probes, n=100)[98] * 1000, 1),
+        slowest_ms=round(max(probes) * 1000, 1),
+    )
 
 
 @pytest.mark.timeout(120)
-def test_no_admitted_job_starves_under_steady_load(two_workers: Farm) -> None:
+def test_no_admitted_job_starves_under_steady_load(two_workers: Farm, figures: Figures) -> None:
     """Jobs spilled to the shared stream are served in their turn, not after every job placed later."""
     farm = two_workers
     proc = start_burst(f"{farm.router_url}/models/{SDXL}", 100, 4, body())
@@ -124,3 +137,4 @@ def test_no_admitted_job_starves_under_steady_load(two_workers: Farm) -> None:
     assert summary["statuses"] == {"200": 100}
     # About 0.3 s a job, two workers, four clients: a fair queue answers each in about a second.
     assert summary["slowest_s"] < 8
+    figures(slowest_s=summary["slowest_s"])

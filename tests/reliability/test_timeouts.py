@@ -15,6 +15,7 @@ import redis
 from lorafarm.farm import Farm
 from tests.polling import busy_workers
 from tests.reliability.conftest import farm_with, restarted_router
+from tests.reliability.figures import Figures
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
@@ -57,7 +58,7 @@ def spread(farm: Farm) -> Iterator[Farm]:
 
 
 @pytest.mark.timeout(120)
-def test_client_that_hangs_up_cancels_its_queued_job(spread: Farm) -> None:
+def test_client_that_hangs_up_cancels_its_queued_job(spread: Farm, figures: Figures) -> None:
     farm = spread
     client = redis_client(farm)
     workers = len(running_workers(farm))
@@ -79,7 +80,7 @@ def test_client_that_hangs_up_cancels_its_queued_job(spread: Farm) -> None:
     assert post(farm, SDXL).status_code == 200
     assert ran(farm, job_id) == []
     assert_clean(client)
-    print(f"cancelled_s={cancelled_s:.1f}")
+    figures(cancelled_after_hang_up_s=round(cancelled_s, 2))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_queued_past_the_wait_bound_504_and_never_run(short_bound: Farm) -> None
 
 
 @pytest.mark.timeout(60)
-def test_running_past_the_wait_bound_504_and_the_worker_stops_it(short_bound: Farm) -> None:
+def test_running_past_the_wait_bound_504_and_the_worker_stops_it(short_bound: Farm, figures: Figures) -> None:
     farm = farm_with(short_bound, 1)
     resp = post(farm, SDXL, body(steps=150, seed=70))  # about 9 s of work for a 3 s bound
     timed_out = time.monotonic()
@@ -129,4 +130,4 @@ def test_running_past_the_wait_bound_504_and_the_worker_stops_it(short_bound: Fa
     assert ran(farm, job_id) == []
     assert post(farm, SDXL).status_code == 200  # a quick job still fits the bound
     assert_clean(redis_client(farm))
-    print(f"worker_freed_s={freed_s:.1f}")
+    figures(worker_free_after_504_s=round(freed_s, 2))

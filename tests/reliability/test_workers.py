@@ -16,6 +16,7 @@ from common.schemas import Job
 from lorafarm.farm import Farm, free_port
 from router.queue import JobQueue
 from tests.polling import busy_workers, live_workers
+from tests.reliability.figures import Figures
 from tests.reliability.tools import (
     SDXL,
     SLOW_STEPS,
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(120)
-def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm) -> None:
+def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm, figures: Figures) -> None:
     farm = two_workers
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=11))
@@ -52,11 +53,13 @@ def test_worker_killed_mid_job_another_worker_finishes_it_once(two_workers: Farm
     assert ran(farm, job_id) == [survivor]
     assert "event=duplicate_result" not in log(farm, survivor)
     assert_clean(redis_client(farm))
-    print(f"recovered_s={recovered_s:.1f}")
+    figures(image_after_kill_s=round(recovered_s, 2))
 
 
 @pytest.mark.timeout(180)
-def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clean(two_workers: Farm) -> None:
+def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clean(
+    two_workers: Farm, figures: Figures
+) -> None:
     farm = two_workers
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(post, farm, SDXL, body(steps=SLOW_STEPS, seed=21))
@@ -80,11 +83,11 @@ def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clea
     client = redis_client(farm)
     assert_clean(client)
     assert client.get(keys.worker_state(holder)) is None
-    print(f"drained_s={time.monotonic() - stopped:.1f}")
+    figures(drained_s=round(time.monotonic() - stopped, 2))
 
 
 @pytest.mark.timeout(120)
-def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm) -> None:
+def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm, figures: Figures) -> None:
     """A job that crashes its worker every time (an exception no error type covers).
 
     Seed 2**64 passes the job schema but no router would send it (the API caps seeds at
@@ -131,7 +134,7 @@ def test_poison_job_is_dead_lettered_and_the_pool_keeps_serving(one_worker: Farm
     assert crashes == 3
     assert_clean(client)
     assert post(farm, SDXL).status_code == 200
-    print(f"dead_lettered_s={dead_lettered_s:.1f}")
+    figures(dead_lettered_s=round(dead_lettered_s, 2))
 
 
 @pytest.mark.timeout(60)

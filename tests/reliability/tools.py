@@ -78,12 +78,14 @@ def redis_client(farm: Farm) -> redis.Redis:
 
 
 def queue_state(client: redis.Redis) -> tuple[int, int]:
-    """(entries, pending entries) over every job stream of the farm (shared and per-worker)."""
+    """(entries, pending entries) over every job stream of the farm (shared, per-worker, parked)."""
     entries = pending = 0
     for key in client.scan_iter("lorafarm:stream:*", count=1000):
         entries += int(client.xlen(key))
         for group in client.xinfo_groups(key):
             pending += int(group["pending"])
+    for key in client.scan_iter("lorafarm:parked:*", count=1000):
+        entries += int(client.xlen(key))
     return entries, pending
 
 

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from common import errors
 from router.errors import STATUS, responses, status_of
-from router.settings import RouterSettings
+from router.placement import WorkerView, choose_worker
+from router.settings import RouterSettings, placement_rules
 
 
 def test_pools_from_a_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,6 +33,32 @@ def test_defaults() -> None:
     s = RouterSettings()
     assert (s.host, s.port, s.queue_max, s.request_timeout_s) == ("127.0.0.1", 8888, 64, 120.0)
     assert s.api_key is None and s.cors_origins == []
+
+
+def test_placement_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AFFINITY_MAX_QUEUE": "5",
+        "AFFINITY_MAX_WAIT_S": "7.5",
+        "AFFINITY_MAX_HOLDERS": "3",
+        "AFFINITY_MIN_RESIDENCY_S": "12",
+        "AFFINITY_DAMPING_S": "0.25",
+        "WORKER_TTL_S": "4",
+    }.items():
+        monkeypatch.setenv(f"LORAFARM_{name}", value)
+    rules = placement_rules(RouterSettings())
+    assert (rules.max_queue, rules.max_wait_s, rules.max_holders) == (5, 7.5, 3)
+    assert (rules.min_residency_s, rules.damping_s, rules.stale_after_s) == (12.0, 0.25, 4.0)
+
+
+def test_the_wait_bound_decides_whether_a_busy_holder_gets_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The holder of the adapter finishes its job in 5 s; another worker sits idle.
+    holder = WorkerView("w1", last_seen=100.0, fused="a@1", busy=True, remaining_s=5.0, inference_s=8.5)
+    idle = WorkerView("w2", last_seen=100.0, inference_s=8.5)
+    assert choose_worker("a@1", [holder, idle], placement_rules(RouterSettings()), 100.0) == "w2"
+    monkeypatch.setenv("LORAFARM_AFFINITY_MAX_WAIT_S", "6")
+    assert choose_worker("a@1", [holder, idle], placement_rules(RouterSettings()), 100.0) == "w1"
+    monkeypatch.setenv("LORAFARM_AFFINITY", "false")
+    assert choose_worker("a@1", [holder, idle], placement_rules(RouterSettings()), 100.0) is None
 
 
 def test_default_base_must_be_a_pool() -> None:
