@@ -1,7 +1,7 @@
 """Compile benchmark: the denoiser eager against ``torch.compile``, and adapter swaps on the compiled one.
 
 On the SDXL base 1.0 UNet (``bench.sdxl``, seeded random weights) or a FLUX.1-dev-shaped block set
-(real widths, ``--flux-blocks`` double and single blocks), called directly at one served size with
+(``bench.flux``: real widths, ``--flux-blocks`` double and single blocks), called directly at one served size with
 the batch the pipeline uses (SDXL: 2, classifier-free guidance; FLUX.1: 1). Each mode runs in a
 process of its own with a fresh inductor cache (``--warm-cache`` keeps the default one), so the
 compile time is a cold start's: compile time (the first call), median seconds per step, then
@@ -33,12 +33,6 @@ from bench.swap import DTYPES, log, machine
 
 RANK = 8
 ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
-# fmt: off
-FLUX_DEV = dict(  # FLUX.1-dev's transformer config, but for the number of blocks
-    patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-    pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
-)
-# fmt: on
 
 
 def build(spec: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -61,24 +55,9 @@ def build(spec: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
             "added_cond_kwargs": {"text_embeds": rand(2, 1280), "time_ids": rand(2, 6)},
         }
         return pipe, inputs
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from bench.flux import build_pipe as build_flux
 
-    from bench.sdxl import fill
-
-    double, single = spec["flux_blocks"]
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = FluxTransformer2DModel(**FLUX_DEV, num_layers=double, num_single_layers=single)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    model.to_empty(device=device).eval().requires_grad_(False)
-    fill(model, "transformer")
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        **dict.fromkeys(["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]),  # type: ignore[arg-type]
-        transformer=model,
-    )
+    pipe = build_flux(device, dtype, tuple(spec["flux_blocks"]))
     tokens = (size // 16) ** 2
     inputs = {
         "hidden_states": rand(1, tokens, 64),
