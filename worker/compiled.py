@@ -55,6 +55,18 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def stop_compile_workers() -> None:
+    """Stop inductor's pool of kernel-building processes once the warm-up is done.
+
+    They would sit idle holding memory, and at exit inductor waits for them (a worker that has
+    logged its stop could still take many seconds to exit on a loaded machine). A shape not
+    warmed up starts the pool again.
+    """
+    from torch._inductor.async_compile import shutdown_compile_workers
+
+    shutdown_compile_workers()
+
+
 def check_config(mode: str, device: str) -> None:
     """Refuse a configuration under which a compiled graph would not follow swaps, or cannot run."""
     import torch._inductor.config
@@ -142,6 +154,7 @@ class CompiledDenoiser:
             raise CompileFailed(f"{type(exc).__name__}: {first}") from exc
         self.seconds = time.perf_counter() - start
         self._graphs_at_ready = compiled_graphs()
+        stop_compile_workers()
         return self.seconds
 
     def shape(self, kwargs: dict[str, Any]) -> Shape:
