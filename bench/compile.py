@@ -1,7 +1,8 @@
 """Compile benchmark: the denoiser eager against ``torch.compile``, and adapter swaps on the compiled one.
 
-On the SDXL base 1.0 UNet (``bench.sdxl``, seeded random weights) or a FLUX.1-dev-shaped block set
-(``bench.flux``: real widths, ``--flux-blocks`` double and single blocks), called directly at one served size with
+On the SDXL base 1.0 UNet (``bench.sdxl``, seeded random weights), the tiny zoo's SDXL-architecture
+UNet (``--model tiny-sdxl``: the one the tests compile, quick on a CPU) or a FLUX.1-dev-shaped block
+set (``bench.flux``: real widths, ``--flux-blocks`` double and single blocks), called directly at one served size with
 the batch the pipeline uses (SDXL: 2, classifier-free guidance; FLUX.1: 1). Each mode runs in a
 process of its own with a fresh inductor cache (``--warm-cache`` keeps the default one), so the
 compile time is a cold start's: compile time (the first call), median seconds per step, then
@@ -43,16 +44,24 @@ def build(spec: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    if spec["model"] == "sdxl":
-        from bench.sdxl import build_pipe
+    if spec["model"] in ("sdxl", "tiny-sdxl"):
+        if spec["model"] == "sdxl":
+            from bench.sdxl import build_pipe
 
-        pipe = build_pipe(device, dtype, text_encoders=False)
-        latent = size // 8
+            pipe = build_pipe(device, dtype, text_encoders=False)
+        else:
+            from devhub.bases import make_sdxl
+
+            pipe = make_sdxl(0)  # fp32 on the CPU, as the zoo writes it
+            if (device, dtype) != ("cpu", torch.float32):
+                pipe.unet.to(device=device, dtype=dtype)
+        config, latent = pipe.unet.config, size // 8
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
         inputs = {
-            "sample": rand(2, 4, latent, latent),
+            "sample": rand(2, config.in_channels, latent, latent),
             "timestep": torch.tensor(500.0, device=device),
-            "encoder_hidden_states": rand(2, 77, 2048),
-            "added_cond_kwargs": {"text_embeds": rand(2, 1280), "time_ids": rand(2, 6)},
+            "encoder_hidden_states": rand(2, 77, config.cross_attention_dim),
+            "added_cond_kwargs": {"text_embeds": rand(2, pooled), "time_ids": rand(2, 6)},
         }
         return pipe, inputs
     from bench.flux import build_pipe as build_flux
@@ -166,7 +175,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sdxl", choices=["sdxl", "flux"])
+    parser.add_argument("--model", default="sdxl", choices=["sdxl", "tiny-sdxl", "flux"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--size", type=int, default=128, help="served image width and height")
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
             proc = subprocess.run(worker, stdout=subprocess.PIPE, text=True, check=True, env=env)
         line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
         rows.append({**json.loads(line.removeprefix("RESULT ")), "swaps": args.swaps})
-    what = "SDXL base 1.0 UNet" if args.model == "sdxl" else f"FLUX.1-dev blocks ({args.flux_blocks} double,single)"
+    what = {"sdxl": "SDXL base 1.0 UNet", "tiny-sdxl": "the tiny zoo's SDXL-architecture UNet"}.get(
+        args.model, f"FLUX.1-dev blocks ({args.flux_blocks} double,single)"
+    )
     print(f"\ncommand: {command}\nmachine: {machine(args.device)}\ndate: {started}")
     print(f"{what}, {args.dtype} on {args.device}, {args.size}x{args.size}, scope {args.scope}")
     print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f}\n")
