@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: help setup system-deps run test test-fast reliability-report lint format bench-swap bench-swap-flux bench-load bench-simulate bench-compile \
-        deploy-check clean
+        bench-batch deploy-check clean
 
 # Every target carries a `## what it does` comment: `make help` lists them from this file.
 help: ## list every target
@@ -78,6 +78,9 @@ bench-simulate: setup ## Hub-scale fleet simulation (BENCH_ARGS=--quick)
 
 bench-compile: setup ## eager vs torch.compile denoiser, swaps and recompiles on it (BENCH_ARGS=--device cuda ...)
 	$(PY) -m bench.compile $(BENCH_ARGS)
+
+bench-batch: setup ## images/s: four one-image jobs against one job of four (tiny base, SDXL-shaped UNet)
+	$(PY) -m bench.batch $(BENCH_ARGS)
 
 deploy-check: setup ## validate compose, Dockerfiles and Kubernetes manifests offline
 	bash deploy/check.sh

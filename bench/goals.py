@@ -16,6 +16,8 @@ P50_OVER_INFERENCE = 1.05
 P95_OVER_INFERENCE = 1.15
 #: At least 30% fewer GPUs than the reference, both fleets sized for the same p95 bound.
 GPU_SAVING = 0.30
+#: With multi-base workers (issue 12): at least 40% fewer, every pool within the same p95 bound.
+MULTIBASE_GPU_SAVING = 0.40
 
 # --- the swap engine (issue 3), rank-8 LoRA on the SDXL-shaped UNet -------------------------
 #: A restored base equals the pristine one exactly: no weight differs, by any amount.
@@ -27,6 +29,10 @@ FUSED_SWAP_CPU_S = 0.40
 FUSED_SWAP_GPU_S = 0.020
 #: The fused apply against diffusers' stock load+fuse / unfuse+unload, median per swap.
 FUSED_SPEEDUP = 8.0
+
+# --- base tiering (issue 12) -----------------------------------------------------------------
+#: A warm base switch (pinned host copy to the device) of an SDXL pipeline in fp16, on PCIe 4/5.
+BASE_SWITCH_GPU_S = 0.5
 
 
 @dataclass(frozen=True)

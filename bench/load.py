@@ -8,6 +8,8 @@ Starts redis-server, devhub, router and N workers of one tiny pool on loopback (
 - lorafarm: placement with adapter affinity, one-pass fused swap from pristine copies,
   backlog ordering and prefetch.
 
+Two pools, dedicated workers against a multi-base one: ``bench/multibase_load.py``.
+
     python -m bench.load [--requests 200 --rate 3 --workers 2 --loras 60 --zipf 1.1 --steps 4]
 """
 
@@ -40,6 +42,8 @@ class Sample:
     status: int
     swapped: bool
     swap_s: float
+    repo: str = ""
+    base_switch: str = "none"
 
 
 def zipf_trace(n: int, loras: list[str], exponent: float, rate: float, seed: int) -> list[tuple[float, str]]:
@@ -72,6 +76,8 @@ async def replay(url: str, trace: list[tuple[float, str]], steps: int) -> tuple[
                 status=resp.status_code,
                 swapped=resp.headers.get("x-adapter-warm") == "false",
                 swap_s=float(resp.headers.get("x-swap-time", "0") or 0),
+                repo=repo,
+                base_switch=resp.headers.get("x-base-switch", "none"),
             )
 
         samples = await asyncio.gather(*(one(at, repo, i) for i, (at, repo) in enumerate(trace)))
@@ -80,30 +86,44 @@ async def replay(url: str, trace: list[tuple[float, str]], steps: int) -> tuple[
 
 def run_mode(name: str, zoo: Path, args: argparse.Namespace, trace: list[tuple[float, str]]) -> dict[str, float]:
     reference = name == "reference"
-    env = {
+    samples = replay_on_farm(
+        name,
+        zoo,
+        args,
+        trace,
+        FarmConfig(
+            state_dir=Path(tempfile.mkdtemp(prefix=f"lorafarm-load-{name}-")),
+            zoo_dir=zoo,
+            pools=[POOL],
+            workers_per_pool=args.workers,
+            router_env={"LORAFARM_AFFINITY": "false" if reference else "true"},
+            worker_env={"LORAFARM_STOCK_SWAP": "true" if reference else "false"},
+        ),
+    )
+    return stats(*samples)
+
+
+def replay_on_farm(
+    name: str, zoo: Path, args: argparse.Namespace, trace: list[tuple[float, str]], config: FarmConfig
+) -> tuple[list[Sample], float]:
+    """Start the farm, replay the trace on it, stop it: the samples and the makespan."""
+    config.env = {
         "LORAFARM_DEFAULT_STEPS": str(args.steps),
         "LORAFARM_HEARTBEAT_S": "0.5",
         "LORAFARM_QUEUE_MAX": "100000",
         "LORAFARM_REQUEST_TIMEOUT_S": "600",
         "OMP_NUM_THREADS": str(args.threads),
     }
-    farm = Farm(
-        FarmConfig(
-            state_dir=Path(tempfile.mkdtemp(prefix=f"lorafarm-load-{name}-")),
-            zoo_dir=zoo,
-            pools=[POOL],
-            workers_per_pool=args.workers,
-            env=env,
-            router_env={"LORAFARM_AFFINITY": "false" if reference else "true"},
-            worker_env={"LORAFARM_STOCK_SWAP": "true" if reference else "false"},
-        )
-    )
+    farm = Farm(config)
     try:
         farm.start()
         print(f"[{name}] farm ready, replaying {len(trace)} requests ...", file=sys.stderr, flush=True)
-        samples, makespan = asyncio.run(replay(farm.router_url, trace, args.steps))
+        return asyncio.run(replay(farm.router_url, trace, args.steps))
     finally:
         farm.stop()
+
+
+def stats(samples: list[Sample], makespan: float) -> dict[str, float]:
     ok = [s for s in samples if s.status == 200]
     lat = sorted(s.latency for s in ok)
     return {
@@ -116,6 +136,7 @@ def run_mode(name: str, zoo: Path, args: argparse.Namespace, trace: list[tuple[f
         "swaps_per_100": 100 * sum(s.swapped for s in ok) / max(1, len(ok)),
         "swap_total": sum(s.swap_s for s in ok),
         "swap_median": statistics.median([s.swap_s for s in ok if s.swapped] or [0.0]),
+        "switches_per_100": 100 * sum(s.base_switch != "none" for s in ok) / max(1, len(ok)),
     }
 
 

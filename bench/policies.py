@@ -101,6 +101,7 @@ class Run:
     swaps: int = 0
     gpu_s: float = 0.0
     saturated: bool = False  # queues grew without bound; the run was cut short
+    switches: int = 0  # base switches of multi-base workers (bench/multibase.py)
 
     def pct(self, q: float) -> float:
         if self.saturated:
@@ -113,6 +114,7 @@ class Run:
             self.swaps + other.swaps,
             self.gpu_s + other.gpu_s,
             self.saturated or other.saturated,
+            self.switches + other.switches,
         )
 
 

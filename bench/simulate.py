@@ -1,12 +1,13 @@
-"""Hub-scale fleet simulation: one deployment per LoRA, the reference shared base, lorafarm.
+"""Hub-scale fleet simulation: one deployment per LoRA, the reference shared base, lorafarm (with multi-base workers).
 
 A seeded discrete-event simulation in simulated seconds. Requests arrive as a Poisson process
 over 2,500 LoRAs (92% on one base) with Zipf popularity, calibrated so that about 10 distinct
 LoRAs are asked for in any 2 minutes at the reference load. Costs are the reference's A10G
 figures (docs/BASELINE.md) and estimates for lorafarm's swap. lorafarm's pools are driven by
 the same ``router.placement`` and ``worker.backlog`` functions that the router and the workers
-run, with their default settings (``bench/policies.py``). Every verdict it prints compares
-figures of the run with a target of ``bench/goals.py``.
+run, with their default settings (``bench/policies.py``); multi-base workers, serving several
+bases on one GPU, add the product's own base tiering (``bench/multibase.py``, ``bench/fleets.py``).
+Every verdict it prints compares figures of the run with a target of ``bench/goals.py``.
 
     python -m bench.simulate [--quick]
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import fleets as mb
 from bench import goals
 from bench.goals import Verdict
 from bench.policies import (
@@ -170,12 +172,14 @@ class Row:
             f"{p50 / inference_s:.3f}",
             f"{p95 / inference_s:.3f}",
             f"{100 * self.run.swaps / n:.1f}",
+            f"{100 * self.run.switches / n:.2f}",
             f"{self.run.gpu_s / 3600:.1f}",
             f"{self.run.gpu_s / 3.6 / n:.2f}",
         ]
 
 
-HEADER = ["policy", "GPUs", "p50 s", "p95 s", "p50/inf", "p95/inf", "swaps/100", "GPU-h", "GPU-h/1k req"]
+HEADER = ["policy", "GPUs", "p50 s", "p95 s", "p50/inf", "p95/inf", "swaps/100", "base switches/100", "GPU-h"]
+HEADER += ["GPU-h/1k req"]
 
 
 def table(rows: Sequence[Row], inference_s: float) -> str:
@@ -274,6 +278,19 @@ def saving_verdict(ours: Sequence[int] | None, theirs: Sequence[int] | None, bou
     return replace(verdict, measured=f"{verdict.measured}; {detail}")
 
 
+def multibase_rows(multi: mb.MultiBase, bound: float, horizon: float) -> list[Row]:
+    tight = goals.P95_OVER_INFERENCE
+    out = []
+    for label, fleet in (
+        (f"(d) lorafarm multi-base: the main pool's workers + long-tail workers, p95 ≤ {bound:g}×", multi.tail),
+        (f"(d) lorafarm multi-base: the main pool's workers + long-tail workers, p95 ≤ {tight:g}×", multi.tail_tight),
+        (f"(e) lorafarm multi-base: every worker serves every base, p95 ≤ {bound:g}×", multi.shared),
+    ):
+        if fleet is not None:
+            out.append(Row(label, fleet.describe(), fleet.total(horizon), horizon))
+    return out
+
+
 def print_trace(args: argparse.Namespace, s: float, trace: Sequence[Request], costs: Costs, product: Product) -> None:
     weights = zipf_weights(args.loras, s)
     shares = np.bincount([r.pool for r in trace], minlength=N_BASES) / max(1, len(trace))
@@ -340,13 +357,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
     rows, runs = report_rows(sims, trace, costs, horizon, fleets)
-    print(table(rows, inf))
+    busy = max(1, math.ceil(len(trace) * inf / horizon))
+    main_pool = (fleets.lorafarm, fleets.lorafarm_tight)
+    multi = mb.multibase_fleets(trace, costs, product, main_pool, args.bound, search_limit(trace, costs, horizon), busy)
+    print(table(rows + multibase_rows(multi, args.bound, horizon), inf))
+    print("\n".join(mb.describe(multi, product, inf)))
     ref, lf, goal = fleets.reference, fleets.lorafarm, fleets.lorafarm_tight
     if fleets.reference_tight is None:
         limit = search_limit(trace, costs, horizon)
         print(f"the reference at p95 ≤ {tight:g}× inference: out of reach (no fleet of up to {limit} workers a pool)")
     goal_run = runs.get(f"lorafarm {describe(goal)}")
-    for verdict in (saving_verdict(lf, ref, f"p95 ≤ {args.bound:g}× inference"), latency_verdict(goal_run, goal, inf)):
+    bound = f"p95 ≤ {args.bound:g}× inference"
+    for verdict in (
+        saving_verdict(lf, ref, bound),
+        latency_verdict(goal_run, goal, inf),
+        mb.saving_verdict(multi.tail, ref, bound),
+        mb.small_pools_verdict(multi.tail, args.bound, inf),
+    ):
         print(verdict.line())
     fixed = ref or lf or [1] * N_BASES
     plot(

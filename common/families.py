@@ -20,6 +20,9 @@ from typing import Literal
 
 from common import errors
 
+#: How a job of several images runs: one pipeline call, or one call per image.
+BatchMode = Literal["one_call", "loop"]
+
 
 @dataclass(frozen=True)
 class Family:
@@ -39,6 +42,10 @@ class Family:
     no_negative_prompt: str = ""
     #: Half precision it runs in on a GPU (``dtype=auto``): FLUX.1 overflows in fp16.
     gpu_dtype: Literal["fp16", "bf16"] = "fp16"
+    #: How a job of n images runs (one swap either way): ``one_call``, one pipeline call with a
+    #: generator per image; ``loop``, n calls of one image, where a batch is not bit-identical to
+    #: one image alone (the reproducibility promise: image k equals the n=1 job with its seed).
+    batch: BatchMode = "loop"
 
     @property
     def negative_prompt(self) -> bool:
@@ -62,6 +69,11 @@ FLUX1 = Family(
     ),
     gpu_dtype="bf16",
 )
+
+# No family batches exactly on CPU (torch 2.13, diffusers 0.42): a convolution over a batch of 4
+# differs from 4 convolutions of one in the last bits (max 5e-7; the pipelines' images differ by
+# 1e-6 to 3e-6, enough to flip uint8 pixels), so every family loops
+# (tests/integration/test_batches.py measures it on the tiny bases of the zoo).
 
 #: Pipeline class name -> family.
 FAMILIES: dict[str, Family] = {

@@ -41,6 +41,30 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+#: The one URL form of a repo a ``loras`` path may take: the Hub's page of the repo, nothing more.
+_HUB_PAGE = re.compile(rf"https://huggingface\.co/({_PART}/{_PART})/?")
+
+
+def repo_of_path(path: str, *, where: str = "path") -> str:
+    """The repo id a ``loras`` path names: a repo id, or ``https://huggingface.co/<org>/<name>[/]``.
+
+    The path names a repo to resolve on the configured Hub; it is never fetched. Anything else
+    (another host or scheme, userinfo, a port, a query, a file inside the repo, percent-escapes)
+    is refused with ``InvalidRequest``: the match is on the whole string, so no parser's reading
+    of an odd URL can differ from this one.
+    """
+    page = _HUB_PAGE.fullmatch(path)
+    if page is not None:
+        return validate_repo_id(page.group(1))
+    if "://" in path or ":" in path or path.startswith("/"):
+        shown = path if len(path) <= 120 else path[:120] + "..."
+        raise errors.InvalidRequest(
+            f"{where}: {shown!r} is neither a repo id nor https://huggingface.co/<org>/<name> "
+            "(no other host, file link or address is fetched)"
+        )
+    return validate_repo_id(path)
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """One file of a repo and its size in bytes (None when the Hub did not say)."""

@@ -39,9 +39,10 @@ def pool_workers(pool: str) -> str:
     return f"{PREFIX}:workers:{pool}"
 
 
-def worker_state(worker_id: str) -> str:
-    """JSON heartbeat of one worker (pool, resident adapters, timings); expires with the worker."""
-    return f"{PREFIX}:worker:{worker_id}"
+def worker_state(pool: str, worker_id: str) -> str:
+    """JSON heartbeat of one worker in one pool (its base's residency, adapters, timings); expires with
+    the worker. Per pool: a worker serving several bases announces a state in each of their pools."""
+    return f"{PREFIX}:heartbeat:{pool}:worker:{worker_id}"
 
 
 def job_result(job_id: str) -> str:

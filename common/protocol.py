@@ -8,16 +8,23 @@
 - The own stream of a dead worker is adopted by a live one of the pool (``reclaim``): its
   claimed jobs after a short idle time, its unclaimed ones at once. A worker that stops hands
   its unserved jobs back to the shared stream (``hand_back``).
+- A worker announces itself in each pool it serves: ``keys.worker_state(pool, worker_id)``
+  (expires unless renewed) and its id in ``keys.pool_workers(pool)``. A multi-base worker serves
+  several pools under one id: it reads each pool's streams, heartbeats in each, and each of its
+  pools' live workers adopts its jobs there once it is dead, as for a single-base worker.
 - A worker acknowledges *and deletes* an entry once the job is settled, so the ``XLEN`` of a
   pool's streams counts the jobs waiting or in hand: that is the bound the router enforces
   (429 past it).
 - A job claimed by a worker that died stays in the group's pending list; a live worker takes it
   over after a lease (``reclaim``). Past ``max_deliveries`` it goes to the dead-letter stream and
   gets a failed result, so nobody waits for it forever: delivery is at least once.
-- A result is a hash at ``keys.job_result`` (``meta``: ``JobResult`` JSON, ``image``: bytes),
-  written once: the first writer wins. Then ``keys.job_done`` gets one element, which wakes the
-  router blocked on it. A job delivered again once its result is written (a failover replayed
-  it, or a router submitted it again) is acknowledged without being run.
+- A result is a hash at ``keys.job_result`` (``meta``: ``JobResult`` JSON; ``image:0``,
+  ``image:1``...: the job's images, in the order of its seeds), written once: the first writer
+  wins. Then ``keys.job_done`` gets one element, which wakes the router blocked on it. A job
+  delivered again once its result is written (a failover replayed it, or a router submitted it
+  again) is acknowledged without being run.
+- An entry's field ``images`` holds the number of images its job makes: the pool's bound counts
+  images, not jobs (an entry without the field weighs 1).
 - With replicas required (``common/replication.py``), the router accepts a job only once they
   hold it (else it withdraws the job: 503), and a worker settles a job (result and
   acknowledgement) only once they hold both, writing them again after a failover if not. A
@@ -56,12 +63,23 @@ def terminal_status(result: JobResult) -> JobStatus:
     )
 
 
-def read_result(raw: dict[Any, Any]) -> tuple[JobResult, bytes | None] | None:
-    """The result and image of a ``keys.job_result`` hash (HGETALL), or None while none is written."""
+def image_field(index: int) -> str:
+    """The field of a result hash that holds image ``index`` (from 0)."""
+    return f"image:{index}"
+
+
+def read_result(raw: dict[Any, Any]) -> tuple[JobResult, list[bytes]] | None:
+    """The result and images of a ``keys.job_result`` hash (HGETALL), or None while none is written.
+
+    A job that made no image (failed, cancelled) has an empty list.
+    """
     meta = raw.get(b"meta")
     if meta is None:
         return None
-    return JobResult.model_validate_json(meta), raw.get(b"image")
+    images: list[bytes] = []
+    while (image := raw.get(image_field(len(images)).encode())) is not None:
+        images.append(image)
+    return JobResult.model_validate_json(meta), images
 
 
 def unclaimed_start(groups: Any) -> str:

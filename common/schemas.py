@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
 MAX_ADAPTERS = 4
+MAX_SEED = 2**63 - 1
+#: Most images one job may make (``n`` of the OpenAI route and the job API); a router setting may lower it.
+MAX_IMAGES = 10
 ImageFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -35,6 +38,19 @@ class AdapterSpec(BaseModel):
     scale: Annotated[float, Number] = Field(default=1.0, ge=-4.0, le=4.0)
 
 
+class LoraPath(BaseModel):
+    """One adapter in the shape the Hub's inference providers send (fal): ``{"path", "scale"}``.
+
+    ``path`` is a repo id or ``https://huggingface.co/<org>/<name>``; it names a repo, and is never
+    fetched (``common.hub.repo_of_path`` reads the repo id out of it, or refuses it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, max_length=300)
+    scale: Annotated[float, Number] = Field(default=1.0, ge=-4.0, le=4.0)
+
+
 class Parameters(BaseModel):
     """``parameters`` of the Hugging Face Inference API text-to-image body.
 
@@ -48,9 +64,17 @@ class Parameters(BaseModel):
     negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     width: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
     height: Annotated[int | None, Number] = Field(default=None, ge=64, le=2048, multiple_of=8)
-    seed: Annotated[int | None, Number] = Field(default=None, ge=0, le=2**63 - 1)
+    seed: Annotated[int | None, Number] = Field(default=None, ge=0, le=MAX_SEED)
     lora_scale: Annotated[float | None, Number] = Field(default=None, ge=-4.0, le=4.0)
     adapters: list[AdapterSpec] | None = Field(default=None, max_length=MAX_ADAPTERS)
+    #: The same composition as ``adapters``, in the providers' shape; one of the two at most.
+    loras: list[LoraPath] | None = Field(default=None, max_length=MAX_ADAPTERS)
+
+    @model_validator(mode="after")
+    def _one_list(self) -> Parameters:
+        if self.adapters is not None and self.loras is not None:
+            raise ValueError("give adapters or loras, not both (they are the same list)")
+        return self
 
 
 class InferenceRequest(BaseModel):
@@ -116,6 +140,8 @@ class Job(BaseModel):
     width: int | None = None
     height: int | None = None
     seed: int
+    #: Images to make, image k with seed ``seed + k`` (``seeds``): one swap for all of them.
+    images: int = Field(default=1, ge=1, le=MAX_IMAGES)
     format: ImageFormat = "jpeg"
     enqueued_at: float = Field(default_factory=time.time)
     #: Epoch seconds past which nobody waits for the result: the worker drops the job unrun.
@@ -124,9 +150,14 @@ class Job(BaseModel):
     #: releases its place (``common/shares.py``). None: an anonymous job.
     tenant: str | None = None
 
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each image: ``seed, seed + 1, ...``; image k alone is the job with ``seeds[k]``."""
+        return [self.seed + k for k in range(self.images)]
+
     def to_fields(self) -> dict[str, str]:
-        """Stream entry fields."""
-        return {"job": self.model_dump_json()}
+        """Stream entry fields: the job, and its images (what the pool's bound counts)."""
+        return {"job": self.model_dump_json(), "images": str(self.images)}
 
     @classmethod
     def from_fields(cls, fields: dict[bytes | str, bytes | str]) -> Job:
@@ -151,6 +182,10 @@ class JobResult(BaseModel):
     #: True when the job's adapters were already active when it started (no swap was needed).
     warm: bool = False
     swap_s: float = 0.0
+    #: What making the job's base active took on a multi-base worker: nothing, a warm switch
+    #: (from pinned host memory) or a cold load (from disk), and its seconds.
+    base_switch: Literal["none", "warm", "cold"] = "none"
+    base_switch_s: float = 0.0
     inference_s: float = 0.0
     compute_s: float = 0.0
     finished_at: float = Field(default_factory=time.time)
@@ -201,6 +236,19 @@ class WorkerState(BaseModel):
     jobs_done: int = 0
     swap_s: float | None = None
     inference_s: float | None = None
+    #: Every pool this worker serves (one for a single-base worker); it announces a state in each.
+    pools: list[str] = Field(default_factory=list)
+    #: Where this pool's base is on the worker: on the device (active), in pinned host memory
+    #: (warm: a switch is one copy) or only on local disk (cold: a switch reads it again).
+    base_tier: Literal["active", "warm", "cold"] = "active"
+    #: Seconds to make this base active from host memory and from disk: measured, estimated from
+    #: its bytes until measured.
+    warm_switch_s: float | None = None
+    cold_switch_s: float | None = None
+    #: Bytes of this base's weights on the device, in host memory and on disk.
+    base_bytes: dict[str, int] = Field(default_factory=dict)
+    #: Jobs waiting on this worker's own streams of its other pools (they share its device).
+    other_queued: int = 0
     started_at: float = Field(default_factory=time.time)
     last_seen: float = Field(default_factory=time.time)
 

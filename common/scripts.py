@@ -56,16 +56,25 @@ class Submit:
         + """
 local shared, status, entry = KEYS[1], KEYS[2], KEYS[3]
 local bound, job, queued, ttl, placed = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
-local tenant, pool, job_id = ARGV[6], ARGV[7], ARGV[8]
+local images, tenant, pool, job_id = tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
 -- The placement's two keys if placed, then the key's six if a tenant's, then the counted streams.
 local k = 4
 local placement, heartbeat
 if placed then placement, heartbeat, k = KEYS[4], KEYS[5], 6 end
 local tk
 if tenant ~= '' then tk, k = tenant_keys(k), k + 6 end
+-- An entry weighs its field 'images' (1 when absent); the bound keeps the entries few to read.
 local n = 0
-for i = k, #KEYS do n = n + redis.call('XLEN', KEYS[i]) end
-if n >= bound then return {'queue_full'} end
+for i = k, #KEYS do
+  for _, item in ipairs(redis.call('XRANGE', KEYS[i], '-', '+')) do
+    local fields, weight = item[2], 1
+    for f = 1, #fields, 2 do
+      if fields[f] == 'images' then weight = tonumber(fields[f + 1]) or 1 end
+    end
+    n = n + weight
+  end
+end
+if n + images > bound then return {'queue_full'} end
 
 local function record(stream, id)
   redis.call('SET', status, queued, 'EX', ttl)
@@ -75,7 +84,7 @@ local function record(stream, id)
 end
 
 if tk then
-  local concurrency, share, cap, expiry = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12]
+  local concurrency, share, cap, expiry = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13]
   local now = now_s()
   redis.call('ZREMRANGEBYSCORE', tk.jobs, '-inf', now)
   if concurrency > 0 and redis.call('ZCARD', tk.jobs) >= concurrency then return {'concurrency_limited'} end
@@ -87,10 +96,10 @@ if tk then
     redis.call('ZADD', tk.jobs, expiry, job_id)
     if waiting > 0 or held >= share then
       -- Past its share (or behind its own parked jobs): park, oldest first.
-      local id = redis.call('XADD', tk.parked_stream, '*', 'job', job, 'id', job_id, 'expiry', expiry)
+      local id = redis.call('XADD', tk.parked_stream, '*', 'job', job, 'images', images, 'id', job_id, 'expiry', expiry)
       redis.call('RPUSH', tk.parked, id)
       record(tk.parked_stream, id)
-      fill(tk, ARGV[13])  -- the share may have grown since the key's jobs parked
+      fill(tk, ARGV[14])  -- the share may have grown since the key's jobs parked
       return {'parked', id}
     end
     redis.call('ZADD', tk.streamed, expiry, job_id)
@@ -103,7 +112,7 @@ local target = shared
 -- A job placed on a worker whose heartbeat expired since the placement goes to the shared
 -- stream instead: a peer may already have forgotten that worker's own stream.
 if placed and redis.call('EXISTS', heartbeat) == 1 then target = placement end
-local id = redis.call('XADD', target, '*', 'job', job)
+local id = redis.call('XADD', target, '*', 'job', job, 'images', images)
 record(target, id)
 return {'queued', id}
 """
@@ -123,12 +132,13 @@ return {'queued', id}
         tenant: TenantJob | None,
         bound: int,
         job: Job,
+        images: int,
         queued: str,
         ttl_s: int,
         client: Any = None,
     ) -> tuple[str, str | None]:
-        """``("queued" or "parked", entry id)``, or a refusal and None: ``queue_full`` when
-        ``counted`` already hold ``bound`` entries, ``concurrency_limited``, ``key_queue_full``.
+        """``("queued" or "parked", entry id)``, or a refusal and None: ``queue_full`` when the job's
+        ``images`` would take ``counted`` past ``bound`` images, ``concurrency_limited``, ``key_queue_full``.
 
         ``placed``: the worker chosen for the job, or None for the shared stream.
         """
@@ -136,9 +146,10 @@ return {'queued', id}
         # stream and heartbeat (when placed), then the key's TenantKeys (a tenant's job), then the counted streams.
         key_list = [shared, status, entry, *(placed or ()), *(tenant.keys if tenant else ()), *counted]
         # ARGV[1] bound, ARGV[2] job JSON, ARGV[3] queued status JSON, ARGV[4] TTL (s), ARGV[5] placed flag,
-        # ARGV[6] tenant name ('' for none), ARGV[7] pool, ARGV[8] job id; a tenant's job only: ARGV[9]
-        # concurrency, ARGV[10] share, ARGV[11] pool cap, ARGV[12] expiry (epoch s), ARGV[13] entry prefix.
-        args: list[EncodableT] = [bound, job.model_dump_json(), queued, ttl_s, "1" if placed else "0"]
+        # ARGV[6] the job's images, ARGV[7] tenant name ('' for none), ARGV[8] pool, ARGV[9] job id; a
+        # tenant's job only: ARGV[10] concurrency, ARGV[11] share, ARGV[12] pool cap, ARGV[13] expiry
+        # (epoch s), ARGV[14] entry prefix.
+        args: list[EncodableT] = [bound, job.model_dump_json(), queued, ttl_s, "1" if placed else "0", images]
         args += [tenant.name if tenant else "", job.pool, job.id]
         if tenant:
             args += [*tenant.quota, repr(tenant.expiry), shares.ENTRY_PREFIX]
@@ -263,15 +274,16 @@ class Publish:
         shares.LUA
         + """
 local result, done, status, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local meta, has_image, image, ttl, final = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
+local meta, ttl, final = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HSETNX', result, 'meta', meta) == 0 then return 0 end
-if has_image then redis.call('HSET', result, 'image', image) end
+-- Image k (from 0) is ARGV[6 + k], stored as field 'image:k'.
+for k = 6, #ARGV do redis.call('HSET', result, 'image:' .. (k - 6), ARGV[k]) end
 redis.call('EXPIRE', result, ttl)
 redis.call('RPUSH', done, '1')
 redis.call('EXPIRE', done, ttl)
 redis.call('SET', status, final, 'EX', ttl)
 redis.call('PUBLISH', events, final)
-if #KEYS > 4 then release(tenant_keys(5), ARGV[6], ARGV[7]) end
+if #KEYS > 4 then release(tenant_keys(5), ARGV[4], ARGV[5]) end
 return 1
 """
     )
@@ -287,7 +299,7 @@ return 1
         status: str,
         events: str,
         meta: str,
-        image: bytes | None,
+        images: list[bytes],
         final: str,
         ttl_s: int,
         job_id: str,
@@ -297,11 +309,10 @@ return 1
         """False when a result was written already (nothing changes then)."""
         # KEYS[1] job result hash, KEYS[2] job done list, KEYS[3] job status, KEYS[4] job events channel,
         # then the key's TenantKeys (a tenant's job).
-        # ARGV[1] result JSON, ARGV[2] whether there is an image ('1' or '0': an empty image is one),
-        # ARGV[3] image bytes, ARGV[4] TTL (s), ARGV[5] final status JSON, ARGV[6] job id, ARGV[7] entry prefix.
+        # ARGV[1] result JSON, ARGV[2] TTL (s), ARGV[3] final status JSON, ARGV[4] job id, ARGV[5] entry
+        # prefix, then each image's bytes in order.
         key_list = [result, done, status, events, *(tenant or ())]
-        args: list[EncodableT] = [meta, "1" if image is not None else "0", image or b"", ttl_s, final]
-        args += [job_id, shares.ENTRY_PREFIX]
+        args: list[EncodableT] = [meta, ttl_s, final, job_id, shares.ENTRY_PREFIX, *images]
         return bool(self._script(keys=key_list, args=args, client=client))
 
 
@@ -310,8 +321,8 @@ class HandBack:
 
     LUA = """
 local held, shared, entry = KEYS[1], KEYS[2], KEYS[3]
-local entry_id, job, group = ARGV[1], ARGV[2], ARGV[3]
-local id = redis.call('XADD', shared, '*', 'job', job)
+local entry_id, job, group, images = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id = redis.call('XADD', shared, '*', 'job', job, 'images', images)
 redis.call('XACK', held, group, entry_id)
 redis.call('XDEL', held, entry_id)
 if redis.call('EXISTS', entry) == 1 then
@@ -323,11 +334,11 @@ return id
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(self.LUA)
 
-    def __call__(self, *, held: str, shared: str, entry: str, entry_id: str, job: str) -> None:
+    def __call__(self, *, held: str, shared: str, entry: str, entry_id: str, job: str, images: int) -> None:
         """Re-enqueue ``job`` on ``shared``, settle ``entry_id`` on ``held``, and point ``entry`` at the new entry."""
         # KEYS[1] the stream the entry is on, KEYS[2] shared stream, KEYS[3] job entry hash.
-        # ARGV[1] entry id on KEYS[1], ARGV[2] job JSON, ARGV[3] group.
-        self._script(keys=[held, shared, entry], args=[entry_id, job, keys.WORKER_GROUP])
+        # ARGV[1] entry id on KEYS[1], ARGV[2] job JSON, ARGV[3] group, ARGV[4] the job's images.
+        self._script(keys=[held, shared, entry], args=[entry_id, job, keys.WORKER_GROUP, images])
 
 
 class Forget:

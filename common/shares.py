@@ -93,7 +93,7 @@ local function fill(tk, entry_prefix)
     if #found == 1 then
       local f, flat = {}, found[1][2]
       for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-      local id = redis.call('XADD', tk.shared, '*', 'job', f.job)
+      local id = redis.call('XADD', tk.shared, '*', 'job', f.job, 'images', f.images or '1')
       redis.call('XDEL', tk.parked_stream, parked_id)
       redis.call('ZADD', tk.streamed, f.expiry, f.id)
       local entry = entry_prefix .. f.id

@@ -17,10 +17,14 @@ from router import keyring
 ZOO_STAMP = ".zoo-built"
 #: The tiny bases ``lorafarm run`` serves by default: two UNet families and a diffusion transformer.
 DEFAULT_POOLS = ("tiny/sdxl-base", "tiny/sd15-base", "tiny/flux-base")
+#: The main pool: it gets its own workers; the others (the long tail) share one multi-base worker.
+MAIN_POOL = "tiny/sdxl-base"
 #: Pool -> the LoRA of its printed curl line (and of the check that it works), and the output file.
 DEMOS = {
     "tiny/sdxl-base": ("tiny/sdxl-lora-diffusers", "lora.jpg"),
     "tiny/flux-base": ("tiny/flux-lora-diffusers", "flux.jpg"),
+    # After the FLUX.1 one, on the multi-base worker: a warm base switch.
+    "tiny/sd15-base": ("tiny/sd15-lora", "sd15.jpg"),
 }
 DEMO_BODY = {"inputs": "an elephant", "parameters": {"seed": 1}}
 
@@ -40,12 +44,14 @@ def ensure_zoo(zoo_dir: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     zoo_dir = Path(args.zoo).resolve()
     ensure_zoo(zoo_dir)
+    pools = args.pools.split(",")
     farm = Farm(
         FarmConfig(
             state_dir=Path(args.state).resolve(),
             zoo_dir=zoo_dir,
-            pools=args.pools.split(","),
+            pools=pools,
             workers_per_pool=args.workers,
+            workers=None if args.dedicated else worker_plan(pools, args.workers),
             router_port=args.port,
             devhub_port=args.hub_port,
             redis_port=args.redis_port,
@@ -67,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print("starting redis-server, devhub, router and workers ...", flush=True)
         farm.start()
         url = farm.router_url
-        pools = farm.config.pools
         checked = "\n".join(check_demo(url, pools))
+        plan = "; ".join(f"{' + '.join(spec)}" for spec in farm.worker_specs)
         body = json.dumps(DEMO_BODY)
         curls = [
             f"  curl {url}/models/{lora} -d '{body}' -o {out}" for pool, (lora, out) in DEMOS.items() if pool in pools
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             f"""
 lorafarm is serving the tiny zoo at {url}  (logs: {farm.logs})
 pools: {", ".join(pools)}   hub: {farm.hub_url}   redis: {describe_redis(farm)}
+workers: {plan}   (a worker with several pools is a multi-base worker: one base active, the others warm)
 {checked}
 Try:
 {chr(10).join(curls)}
@@ -96,6 +103,15 @@ A process that dies is restarted (pids: {farm.pids}); Ctrl-C stops everything.""
         return 0
     finally:
         farm.stop()
+
+
+def worker_plan(pools: list[str], per_pool: int) -> list[list[str]]:
+    """``per_pool`` workers of the main pool, and one multi-base worker for all the other pools
+    (a lone pool, or no main pool: one worker per pool, as ``--dedicated``)."""
+    tail = [pool for pool in pools if pool != MAIN_POOL]
+    if MAIN_POOL not in pools or len(tail) < 2:
+        return [[pool] for pool in pools for _ in range(per_pool)]
+    return [[MAIN_POOL] for _ in range(per_pool)] + [tail]
 
 
 def describe_redis(farm: Farm) -> str:
@@ -121,7 +137,7 @@ def check_demo(url: str, pools: list[str]) -> list[str]:
             raise RuntimeError(f"the demo request for {lora} failed: {resp.status_code} {resp.text}")
         lines.append(
             f"checked: {lora} -> {resp.headers.get('content-type')} {len(resp.content)} bytes in {elapsed:.2f} s "
-            f"(x-compute-time {resp.headers.get('x-compute-time')})"
+            f"(x-compute-time {resp.headers.get('x-compute-time')}, x-base-switch {resp.headers.get('x-base-switch')})"
         )
     return lines
 
@@ -139,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Redis as a primary, a replica and 3 sentinels; jobs are accepted once the replica holds them",
     )
     p_run.add_argument("--pools", default=",".join(DEFAULT_POOLS), help="base repo ids, comma-separated")
-    p_run.add_argument("--workers", type=int, default=1, help="workers per pool")
+    p_run.add_argument("--workers", type=int, default=1, help="workers per pool (of the main pool with multi-base)")
+    p_run.add_argument(
+        "--dedicated",
+        action="store_true",
+        help="one worker per pool; default: tiny/sdxl-base's own, one multi-base worker for the other pools",
+    )
     p_run.add_argument("--steps", type=int, default=8, help="default inference steps of the tiny bases")
     p_run.add_argument("--zoo", default=str(REPO_ROOT / ".zoo"), help="where the tiny zoo is built")
     p_run.add_argument(

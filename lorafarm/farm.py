@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,9 @@ class FarmConfig:
     zoo_dir: Path
     pools: list[str] = field(default_factory=lambda: ["tiny/sdxl-base", "tiny/sd15-base"])
     workers_per_pool: int = 1
+    #: The workers to start, each as the pools it serves (several: a multi-base worker). ``None``:
+    #: ``workers_per_pool`` single-base workers for each pool.
+    workers: list[list[str]] | None = None
     router_port: int = 0  # 0: pick a free port
     devhub_port: int = 0
     redis_port: int = 0
@@ -275,25 +279,34 @@ class Farm:
         """The URL of a router of the farm, by name."""
         return f"http://127.0.0.1:{self.router_ports[router]}"
 
-    def start_worker(self, pool: str, env: dict[str, str] | None = None) -> str:
-        """Start one worker of ``pool``; returns its name (also its worker id)."""
+    def start_worker(self, pool: str | Sequence[str], env: dict[str, str] | None = None) -> str:
+        """Start one worker of ``pool`` (of each of several pools: a multi-base worker); returns its
+        name (also its worker id)."""
         self._worker_count += 1
         name = f"worker-{self._worker_count}"
         worker_env = self.base_env() | {"LORAFARM_WORKER_ID": name, "LORAFARM_WORKER_PORT": "0"}
         worker_env.update(self.config.worker_env)
         worker_env.update(env or {})
-        self._spawn(name, [sys.executable, "-m", "worker", "--base", pool], worker_env)
+        bases = [pool] if isinstance(pool, str) else list(pool)
+        self._spawn(name, [sys.executable, "-m", "worker", *(a for b in bases for a in ("--base", b))], worker_env)
         return name
+
+    @property
+    def worker_specs(self) -> list[list[str]]:
+        """The pools of each worker ``start`` starts."""
+        if self.config.workers is not None:
+            return self.config.workers
+        return [[pool] for pool in self.config.pools for _ in range(self.config.workers_per_pool)]
 
     def start(self, *, timeout: float = 180.0) -> None:
         """Start everything and wait until every pool has its live workers."""
         self.start_redis()
         self.start_devhub()
         self.start_router()
-        for pool in self.config.pools:
-            for _ in range(self.config.workers_per_pool):
-                self.start_worker(pool)
-        self.wait_workers({pool: self.config.workers_per_pool for pool in self.config.pools}, timeout=timeout)
+        for spec in self.worker_specs:
+            self.start_worker(spec)
+        wanted = {pool: sum(pool in spec for spec in self.worker_specs) for pool in self.config.pools}
+        self.wait_workers(wanted, timeout=timeout)
 
     def wait_workers(self, wanted: dict[str, int], *, timeout: float = 180.0) -> None:
         """Wait until the router's /status shows at least ``wanted[pool]`` ready workers per pool."""

@@ -29,7 +29,7 @@ SECTIONS: tuple[tuple[str, type[BaseSettings], type[BaseSettings] | None, str], 
         "Worker",
         WorkerSettings,
         CommonSettings,
-        "Read by `python -m worker` (`--base REPO_ID` overrides `LORAFARM_BASE`).",
+        "Read by `python -m worker` (`--base REPO_ID`, repeated for a multi-base worker, overrides `LORAFARM_BASE`).",
     ),
 )
 

@@ -209,6 +209,6 @@ async def _generate(
     fmt = pick_format(request.headers.get("accept"))
     job = await plan_job(svc, repo_id, body, prefer=prefer, fmt=fmt, timeout_s=timeout_s)
     request.state.job_id = job.id
-    result, image = await generate(svc, job, timeout_s=timeout_s, gone=request.is_disconnected, tenant=tenant)
+    result, images = await generate(svc, job, timeout_s=timeout_s, gone=request.is_disconnected, tenant=tenant)
     headers = image_headers(job.id, result, seed=job.seed)
-    return Response(image, media_type=result.content_type or MEDIA_TYPES[job.format], headers=headers)
+    return Response(images[0], media_type=result.content_type or MEDIA_TYPES[job.format], headers=headers)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from common import errors
-from common.schemas import InferenceRequest, JobState, JobStatus
+from common.schemas import MAX_IMAGES, InferenceRequest, JobState, JobStatus
 from common.tenants import Tenant
 from router.errors import responses
 from router.events import TERMINAL, job_events
@@ -25,9 +25,9 @@ from router.generation import (
     RESULT_ERRORS,
     enqueue,
     image_headers,
-    image_of,
     plan_job,
     read_body,
+    stored_images,
 )
 from router.jobs import MEDIA_TYPES, parse_body, pick_format
 from router.services import services
@@ -39,9 +39,16 @@ JobId = Annotated[str, Path(pattern=r"^[0-9A-Za-z_-]{1,64}$", description="Job i
 
 
 class JobRequest(InferenceRequest):
-    """The sync route's body plus ``model``: a LoRA or a served base (default: the ``lora`` header or base)."""
+    """The sync route's body plus ``model``: a LoRA or a served base (default: the ``lora`` header or base),
+    and ``n``: the images to make (image k with seed ``seed + k``; one swap for all)."""
 
     model: str | None = Field(default=None, min_length=1, max_length=200, description="Repo id to run.")
+    n: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_IMAGES,
+        description="Images to make (at most the router's `LORAFARM_IMAGES_MAX`); fetch image k with `?index=k`.",
+    )
 
 
 class JobView(BaseModel):
@@ -51,6 +58,9 @@ class JobView(BaseModel):
     status: JobState
     model: str | None = Field(default=None, description="Repo id named (in the answer to `POST /jobs`).")
     seed: int | None = Field(default=None, description="Seed used (in the answer to `POST /jobs`).")
+    seeds: list[int] | None = Field(
+        default=None, description="Seed of each image, in order (in the answer to `POST /jobs`, when `n` > 1)."
+    )
     position: int | None = Field(
         default=None,
         description="While queued: jobs ahead of it in its pool's queue (waiting or in hand); for a job "
@@ -131,7 +141,7 @@ async def create_job(
 ) -> Response:
     svc = services(request)
     track = svc.tracker
-    model, body = parse_job_body(await read_body(request))
+    model, images, body = parse_job_body(await read_body(request))
     key = idempotency_key.strip() if idempotency_key else None
     if key:
         existing = await track.lookup(key)
@@ -141,7 +151,9 @@ async def create_job(
     repo_id, prefer = (model, ()) if model else ((lora or "").strip() or base, (base,))
     request.state.repo = repo_id
     fmt = pick_format(request.headers.get("accept"))
-    job = await plan_job(svc, repo_id, body, prefer=prefer, fmt=fmt, timeout_s=svc.settings.job_timeout_s)
+    job = await plan_job(
+        svc, repo_id, body, prefer=prefer, fmt=fmt, timeout_s=svc.settings.job_timeout_s, images=images
+    )
     request.state.job_id = job.id
     if key:
         existing = await track.bind(key, job.id)
@@ -153,7 +165,14 @@ async def create_job(
         if key:
             await track.unbind(key, job.id)
         raise
-    view = JobView(id=job.id, status="queued", model=repo_id, seed=job.seed, position=await track.position(job.id))
+    view = JobView(
+        id=job.id,
+        status="queued",
+        model=repo_id,
+        seed=job.seed,
+        seeds=job.seeds if job.images > 1 else None,
+        position=await track.position(job.id),
+    )
     return _answer(view, 202, {"Location": _location(request, job.id)})
 
 
@@ -170,7 +189,7 @@ async def get_job(request: Request, job_id: JobId) -> Response:
 
 @api.get(
     "/jobs/{job_id}/result",
-    summary="The image of a done job (409 while it is queued or running)",
+    summary="An image of a done job: the first, or `index` k of n (409 while it is queued or running)",
     response_class=Response,
     responses={
         200: {
@@ -181,22 +200,17 @@ async def get_job(request: Request, job_id: JobId) -> Response:
         **_RESULT_ERRORS,
     },
 )
-async def get_result(request: Request, job_id: JobId) -> Response:
-    svc = services(request)
+async def get_result(
+    request: Request,
+    job_id: JobId,
+    index: Annotated[int, Query(ge=0, lt=MAX_IMAGES, description="Which image of a job of n (from 0).")] = 0,
+) -> Response:
     request.state.job_id = job_id
-    found = await svc.queue.result(job_id)
-    if found is None:
-        status = await svc.queue.status(job_id)
-        if status is None:
-            raise errors.JobNotFound(f"no job {job_id} (or its result expired)")
-        if status.state == "cancelled":
-            raise errors.JobCancelled("the job was cancelled")
-        raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
-    result, image = found
+    result, done = await stored_images(services(request).queue, job_id)
+    if index >= len(done):
+        raise errors.InvalidRequest(f"index: the job made {len(done)} image(s); index {index} is past them")
     headers = image_headers(job_id, result)
-    return Response(
-        image_of(result, image), media_type=result.content_type or "application/octet-stream", headers=headers
-    )
+    return Response(done[index], media_type=result.content_type or "application/octet-stream", headers=headers)
 
 
 @api.get(
@@ -255,8 +269,8 @@ async def cancel_job(request: Request, job_id: JobId) -> Response:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def parse_job_body(raw: bytes) -> tuple[str | None, InferenceRequest]:
-    """``model`` and the sync route's body, validated by the sync route's own parser."""
+def parse_job_body(raw: bytes) -> tuple[str | None, int, InferenceRequest]:
+    """``model``, ``n`` and the sync route's body, validated by the sync route's own parser."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -267,7 +281,12 @@ def parse_job_body(raw: bytes) -> tuple[str | None, InferenceRequest]:
     model = data.pop("model", None)
     if model is not None and (not isinstance(model, str) or not model.strip() or len(model) > 200):
         raise errors.InvalidRequest("model: a repo id (a string of at most 200 characters)")
-    return (model.strip() if model else None), parse_body(json.dumps(data).encode())
+    images = data.pop("n", 1)
+    if isinstance(images, float) and images.is_integer():
+        images = int(images)
+    if not isinstance(images, int) or isinstance(images, bool) or not 1 <= images <= MAX_IMAGES:
+        raise errors.InvalidRequest(f"n: an integer from 1 to {MAX_IMAGES} (images to make)")
+    return (model.strip() if model else None), images, parse_body(json.dumps(data).encode())
 
 
 async def status_with_position(request: Request, job_id: str) -> JobStatus | None:

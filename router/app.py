@@ -16,7 +16,7 @@ from starlette.types import Scope
 from common.connections import async_client
 from common.hub import HubResolver, hub_fetcher
 from common.schemas import InferenceRequest
-from router import api, api_jobs, metrics, widget
+from router import api, api_jobs, api_openai, metrics, widget
 from router import errors as http_errors
 from router.admission import RATE_HEADERS
 from router.fleet import Fleet
@@ -154,7 +154,7 @@ def create_app(settings: RouterSettings) -> FastAPI:
         lifespan=lifespan,
     )
     http_errors.install(app)
-    for routes in (api, api_jobs, widget):
+    for routes in (api, api_jobs, api_openai, widget):
         app.include_router(routes.api)
     if settings.cors_origins:
         app.add_middleware(

@@ -2,7 +2,9 @@
 
 Heartbeats arrive every couple of seconds; jobs this router placed since a worker's last
 heartbeat are added to that worker's queue so a burst does not pile on one worker, unless the
-router has seen them finish already (a fast job can be done before the next heartbeat).
+router has seen them finish already (a fast job can be done before the next heartbeat). A worker
+serving several pools has one heartbeat in each: the jobs placed on it in its other pools count
+as held for its other bases.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from common.schemas import AdapterRef, WorkerState, adapter_set_key
 from router.placement import PlacementRules, WorkerView, choose_worker
 
 
-def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> WorkerView:
-    """A worker's heartbeat as placement sees it, plus the jobs placed on it since."""
+def view_of(state: WorkerState, placed: Sequence[str | None], placed_elsewhere: int, now: float) -> WorkerView:
+    """A worker's heartbeat as placement sees it, plus the jobs placed on it since (in this pool,
+    and ``placed_elsewhere`` in its other pools)."""
     remaining = 0.0
     if state.current_job and state.current_started_at is not None and state.inference_s:
         remaining = max(0.0, state.inference_s - (now - state.current_started_at))
@@ -33,6 +36,10 @@ def view_of(state: WorkerState, placed: Sequence[str | None], now: float) -> Wor
         fetch_s=state.fetch_s,
         inference_s=state.inference_s,
         last_swap_at=state.last_swap_at,
+        base=state.base_tier,
+        warm_switch_s=state.warm_switch_s,
+        cold_switch_s=state.cold_switch_s,
+        other_queued=state.other_queued + placed_elsewhere,
     )
 
 
@@ -40,6 +47,7 @@ class Placed(NamedTuple):
     at: float
     adapter: str | None
     job_id: str
+    pool: str = ""
 
 
 @dataclass
@@ -59,11 +67,12 @@ class Fleet:
         shared stream, which any worker drains and the autoscaler measures (KEDA reads it).
         """
         key = adapter_set_key(adapters)
-        views = {w.worker_id: view_of(w, self._since(w), now) for w in workers}
+        views = {w.worker_id: view_of(w, *self._since(w), now) for w in workers}
         chosen = choose_worker(key, views.values(), self.rules, now)
         if chosen is None:
             return None
-        self._placed.setdefault(chosen, []).append(Placed(now, key, job_id))
+        pool = next(w.pool for w in workers if w.worker_id == chosen)
+        self._placed.setdefault(chosen, []).append(Placed(now, key, job_id, pool))
         return chosen
 
     def finished(self, job_id: str) -> None:
@@ -75,10 +84,13 @@ class Fleet:
             else:
                 del self._placed[worker_id]
 
-    def _since(self, state: WorkerState) -> list[str | None]:
-        placed = [p for p in self._placed.get(state.worker_id, []) if p.at > state.last_seen]
-        if placed:
-            self._placed[state.worker_id] = placed
+    def _since(self, state: WorkerState) -> tuple[list[str | None], int]:
+        """Adapters placed on the worker in this pool since its heartbeat, and how many jobs in
+        its other pools (their own heartbeats are the ones that drop those)."""
+        kept = [p for p in self._placed.get(state.worker_id, []) if p.pool != state.pool or p.at > state.last_seen]
+        if kept:
+            self._placed[state.worker_id] = kept
         else:
             self._placed.pop(state.worker_id, None)
-        return [p.adapter for p in placed]
+        mine = [p.adapter for p in kept if p.pool == state.pool]
+        return mine, sum(1 for p in kept if p.pool != state.pool and p.at > state.last_seen)

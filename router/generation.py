@@ -22,7 +22,7 @@ from common.hub import Destination, HubResolver, validate_repo_id
 from common.schemas import ImageFormat, InferenceRequest, Job, JobResult
 from common.tenants import Tenant
 from router.admission import RATE_HEADERS, quota
-from router.jobs import MAX_BODY_BYTES, build_job, check_family, compose, random_seed
+from router.jobs import MAX_BODY_BYTES, adapter_specs, build_job, check_family, compose, random_seed
 from router.queue import JobQueue
 from router.services import Services
 
@@ -49,7 +49,7 @@ ENQUEUE_ERRORS = (
     errors.RedisUnavailable,
     errors.HubUnavailable,
 )
-#: What the result of a job that made no image carries (``image_of`` raises it again).
+#: What the result of a job that made no image carries (``images_of`` raises it again).
 RESULT_ERRORS = (
     errors.JobCancelled,
     errors.UnsafeAdapterFormat,
@@ -72,6 +72,7 @@ IMAGE_HEADERS = {
         "x-adapter-warm": "true when the adapters were already fused (no swap).",
         "x-seed": "Seed used (random when the request named none).",
         "x-swap-time": "Seconds the worker spent making the adapters active (0 when warm).",
+        "x-base-switch": "none; warm / cold: a multi-base worker first made the base active from host memory / disk.",
     }.items()
 }
 #: The headers of an answer to a request a key's rate admitted (or refused), as OpenAPI declares them.
@@ -116,16 +117,23 @@ async def plan_job(
     prefer: tuple[str, ...],
     fmt: ImageFormat,
     timeout_s: float,
+    images: int = 1,
 ) -> Job:
-    """Resolve the repo and its composed adapters on the Hub, then build the job (not enqueued yet)."""
+    """Resolve the repo and its composed adapters on the Hub, then build the job (not enqueued yet).
+
+    ``images``: how many the job makes (at most ``max_images``, checked here for every route).
+    """
     params = body.parameters
-    specs = params.adapters or []
+    limit = svc.settings.max_images
+    if not 1 <= images <= limit:
+        raise errors.InvalidRequest(f"n: 1 to {limit} images a request, not {images}")
+    specs = adapter_specs(params)
     main, extras = await resolve_all(svc.resolver, repo_id, [a.id for a in specs], prefer)
     pool, adapters = compose(
         main, list(zip(extras, [a.scale for a in specs], strict=True)), lora_scale=params.lora_scale
     )
     seed = params.seed if params.seed is not None else random_seed()
-    return build_job(body, pool, adapters, fmt, seed=seed, timeout_s=timeout_s)
+    return build_job(body, pool, adapters, fmt, seed=seed, timeout_s=timeout_s, images=images)
 
 
 async def enqueue(svc: Services, job: Job, tenant: Tenant | None = None) -> str:
@@ -153,8 +161,8 @@ async def enqueue(svc: Services, job: Job, tenant: Tenant | None = None) -> str:
 
 async def generate(
     svc: Services, job: Job, *, timeout_s: float, gone: Gone, tenant: Tenant | None = None
-) -> tuple[JobResult, bytes]:
-    """Enqueue the planned job and wait for its image: ``Timeout`` (the job cancelled) past ``timeout_s``.
+) -> tuple[JobResult, list[bytes]]:
+    """Enqueue the planned job and wait for its images: ``Timeout`` (the job cancelled) past ``timeout_s``.
 
     A job that Redis loses while it is waited for (a failover to a replica that never had it) is
     enqueued again under the same id, once: whichever run writes the result first is the answer.
@@ -172,15 +180,39 @@ async def generate(
         if await gone():
             log.info("event=client_gone job=%s (cancelled)", job.id)
         raise errors.Timeout(f"no image within {timeout_s:g}s; the job was cancelled")
-    result, image = found
-    return result, image_of(result, image)
+    result, images = found
+    return result, images_of(result, images, expected=job.images)
 
 
-def image_of(result: JobResult, image: bytes | None) -> bytes:
-    """The image of a done job; the error its result names otherwise (one of ``RESULT_ERRORS``)."""
-    if result.status != "done" or image is None:
+def images_of(result: JobResult, images: list[bytes], *, expected: int | None = None) -> list[bytes]:
+    """The images of a done job; the error its result names otherwise (one of ``RESULT_ERRORS``).
+
+    ``expected``: the images the job asked, when the caller knows it; fewer is an internal error.
+    """
+    if result.status != "done" or not images:
         raise errors.error_from_type(result.error_type or "internal_error", result.error or "the job failed")
-    return image
+    if expected is not None and len(images) < expected:
+        log.error("event=images_missing job=%s images=%d expected=%d", result.job_id, len(images), expected)
+        raise errors.InternalError("the job made fewer images than it was asked")
+    return images
+
+
+async def stored_images(queue: JobQueue, job_id: str) -> tuple[JobResult, list[bytes]]:
+    """The result and images of a done job, read again after its answer (the job API, image URLs).
+
+    ``JobNotFound`` once expired (``RESULT_TTL_S``), ``JobCancelled``, ``JobNotReady`` while it runs,
+    or the error the job failed with.
+    """
+    found = await queue.result(job_id)
+    if found is None:
+        status = await queue.status(job_id)
+        if status is None:
+            raise errors.JobNotFound(f"no job {job_id} (or its result expired)")
+        if status.state == "cancelled":
+            raise errors.JobCancelled("the job was cancelled")
+        raise errors.JobNotReady(f"the job is {status.state}; its events say when it is done")
+    result, images = found
+    return result, images_of(result, images)
 
 
 def image_headers(job_id: str, result: JobResult, *, seed: int | None = None) -> dict[str, str]:
@@ -191,6 +223,7 @@ def image_headers(job_id: str, result: JobResult, *, seed: int | None = None) ->
         "x-worker-id": result.worker_id or "",
         "x-adapter-warm": "true" if result.warm else "false",
         "x-swap-time": f"{result.swap_s:.4f}",
+        "x-base-switch": result.base_switch,
     }
     if seed is not None:
         headers["x-seed"] = str(seed)

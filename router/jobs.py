@@ -12,8 +12,17 @@ from pydantic import ValidationError
 
 from common import errors
 from common.families import Family, check_parameters, family_of
-from common.hub import Destination
-from common.schemas import AdapterRef, ImageFormat, InferenceRequest, Job, WorkerState
+from common.hub import Destination, repo_of_path
+from common.schemas import (
+    MAX_SEED,
+    AdapterRef,
+    AdapterSpec,
+    ImageFormat,
+    InferenceRequest,
+    Job,
+    Parameters,
+    WorkerState,
+)
 from router.errors import describe_validation
 
 #: Largest body read; a valid body (prompt, negative prompt, four adapters) is far smaller.
@@ -72,6 +81,20 @@ def pick_format(accept: str | None) -> ImageFormat:
     return min(ranked)[2] if ranked else "jpeg"
 
 
+def adapter_specs(params: Parameters) -> list[AdapterSpec]:
+    """The adapters a request composes: ``parameters.adapters``, or its ``loras`` read as the same list.
+
+    A ``loras`` path names a repo (``common.hub.repo_of_path``): a repo id or the Hub page of one;
+    anything else is refused (422) and never fetched.
+    """
+    if params.loras is None:
+        return list(params.adapters or [])
+    return [
+        AdapterSpec(id=repo_of_path(lora.path, where=f"parameters.loras.{i}.path"), scale=lora.scale)
+        for i, lora in enumerate(params.loras)
+    ]
+
+
 def compose(
     main: Destination, extras: Sequence[tuple[Destination, float]], *, lora_scale: float | None
 ) -> tuple[str, list[AdapterRef]]:
@@ -112,8 +135,16 @@ def build_job(
     *,
     seed: int,
     timeout_s: float,
+    images: int = 1,
 ) -> Job:
-    """The job to enqueue; its deadline tells workers when nobody waits for it any more."""
+    """The job to enqueue; its deadline tells workers when nobody waits for it any more.
+
+    Image k of the job has seed ``seed + k``, which must be a seed a request may name.
+    """
+    if seed + images - 1 > MAX_SEED:
+        raise errors.InvalidRequest(
+            f"seed: with {images} images (seeds seed to seed+{images - 1}) at most {MAX_SEED - images + 1}"
+        )
     params = request.parameters
     now = time.time()
     return Job(
@@ -126,6 +157,7 @@ def build_job(
         width=params.width,
         height=params.height,
         seed=seed,
+        images=images,
         format=fmt,
         enqueued_at=now,
         deadline=now + timeout_s,

@@ -7,18 +7,28 @@ drives the same functions in simulated time.
 
 An adapter set is named by its key (``common.schemas.adapter_set_key``: ``repo@sha`` terms with
 their scales); ``None`` is the plain base, treated as the empty adapter.
+
+A worker may serve several bases (pools) on one device: in a pool's view, its base is *active*
+(on the device), *warm* (pinned host memory: a switch is one copy) or *cold* (on disk: a switch
+reads it again), and the jobs it holds for its other bases share its device. What it must do
+for a job is then nothing, an adapter swap, a base switch, or a cold load, each at the cost its
+heartbeat measured; a single-base worker's base is always active, and nothing changes for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 # Holder tiers, best first: how close a worker is to serving an adapter without a swap.
 TAIL = 0  # the adapter is what the worker will have fused once its queue is served
 ON_DEVICE = 1  # fused now, or a job for it is queued there (the worker groups such jobs)
 IN_HOST = 2  # parsed in host memory: a swap costs only the apply
 ABSENT = 3  # must be downloaded and parsed first
+
+#: Where the pool's base is on a worker: on the device, in pinned host memory, or on disk only.
+BaseTier = Literal["active", "warm", "cold"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,13 @@ class WorkerView:
     inference_s: float | None = None
     #: When the adapter fused now was applied.
     last_swap_at: float | None = None
+    #: Where this pool's base is on the worker (a single-base worker's is always active).
+    base: BaseTier = "active"
+    #: Measured seconds to make the base active from pinned host memory, and from disk.
+    warm_switch_s: float | None = None
+    cold_switch_s: float | None = None
+    #: Jobs waiting on this worker for its other bases (they share its device).
+    other_queued: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ class PlacementRules:
     default_swap_s: float = 0.5
     default_fetch_s: float = 1.0
     default_inference_s: float = 10.0
+    #: Base switches of a heartbeat without measurements (an SDXL pipeline over PCIe; a disk read).
+    default_warm_switch_s: float = 0.5
+    default_cold_switch_s: float = 10.0
 
 
 def is_live(worker: WorkerView, rules: PlacementRules, now: float) -> bool:
@@ -83,23 +103,45 @@ def is_live(worker: WorkerView, rules: PlacementRules, now: float) -> bool:
 
 
 def holder_tier(worker: WorkerView, adapter: str | None) -> int:
-    """How close ``worker`` is to serving ``adapter``: ``TAIL`` (best) to ``ABSENT``."""
-    tail = worker.queued[-1] if worker.queued else worker.fused
-    if tail == adapter:
+    """How close ``worker`` is to serving ``adapter``: ``TAIL`` (best) to ``ABSENT``.
+
+    On a worker whose base is not active, nothing is fused for this pool: at best, jobs for the
+    adapter are queued there (the worker serves them together, after one base switch).
+    """
+    active = worker.base == "active"
+    if (worker.queued and worker.queued[-1] == adapter) or (not worker.queued and active and worker.fused == adapter):
         return TAIL
-    if worker.fused == adapter or adapter in worker.queued:
+    if (active and worker.fused == adapter) or adapter in worker.queued:
         return ON_DEVICE
     if adapter is None or adapter in worker.cached:
         return IN_HOST
     return ABSENT
 
 
+def base_switch_s(worker: WorkerView, rules: PlacementRules) -> float:
+    """Seconds the worker needs to make this pool's base active: 0 when it is, else its warm or cold switch."""
+    if worker.base == "active":
+        return 0.0
+    if worker.base == "warm":
+        return _or(worker.warm_switch_s, rules.default_warm_switch_s)
+    return _or(worker.cold_switch_s, rules.default_cold_switch_s)
+
+
 def expected_wait_s(worker: WorkerView, rules: PlacementRules) -> float:
-    """Seconds before a job appended to ``worker``'s queue would start."""
+    """Seconds before a job appended to ``worker``'s queue would start.
+
+    When the base is not active, the jobs the worker holds for its active base go first (it
+    serves its backlog grouped by base), then one base switch.
+    """
     inference = _or(worker.inference_s, rules.default_inference_s)
     swap = _or(worker.swap_s, rules.default_swap_s)
     wait = worker.remaining_s if worker.busy else 0.0
     previous = worker.fused
+    if worker.base != "active":
+        wait += worker.other_queued * inference
+        previous = None  # a base comes back plain
+        if worker.queued:
+            wait += base_switch_s(worker, rules)
     for adapter in worker.queued:
         wait += inference + (swap if adapter != previous else 0.0)
         previous = adapter
@@ -107,8 +149,8 @@ def expected_wait_s(worker: WorkerView, rules: PlacementRules) -> float:
 
 
 def is_overloaded(worker: WorkerView, rules: PlacementRules) -> bool:
-    """Too many jobs on the worker, or a new one would wait too long."""
-    depth = int(worker.busy) + len(worker.queued)
+    """Too many jobs on the worker (for any of its bases), or a new one would wait too long."""
+    depth = int(worker.busy) + len(worker.queued) + worker.other_queued
     return depth >= rules.max_queue or expected_wait_s(worker, rules) > rules.max_wait_s
 
 
@@ -116,17 +158,24 @@ def expected_finish_s(worker: WorkerView, adapter: str | None, rules: PlacementR
     """Seconds until a job for ``adapter`` appended to ``worker`` would finish, plus damping.
 
     A download overlaps the jobs ahead (prefetch), so only the part longer than the wait counts.
+    A base that is not active costs its switch (once, with the queue's jobs if any are there);
+    it comes back plain, so the plain base then needs no swap.
     """
     wait = expected_wait_s(worker, rules)
     tier = holder_tier(worker, adapter)
+    switch = 0.0
+    plain_after_switch = False
+    if worker.base != "active" and not worker.queued:
+        switch = base_switch_s(worker, rules)
+        plain_after_switch = adapter is None
     swap = 0.0
-    if tier != TAIL:
+    if tier != TAIL and not plain_after_switch:
         swap = _or(worker.swap_s, rules.default_swap_s)
         if tier == ABSENT:
             swap += max(0.0, _or(worker.fetch_s, rules.default_fetch_s) - wait)
         if _swapped_recently(worker, rules, now):
             swap += rules.damping_s
-    return wait + swap + _or(worker.inference_s, rules.default_inference_s)
+    return wait + switch + swap + _or(worker.inference_s, rules.default_inference_s)
 
 
 def choose_worker(adapter: str | None, workers: Iterable[WorkerView], rules: PlacementRules, now: float) -> str | None:
@@ -170,7 +219,7 @@ def _rank(
 
 
 def _is_idle(worker: WorkerView) -> bool:
-    return not worker.busy and not worker.queued
+    return not worker.busy and not worker.queued and not worker.other_queued
 
 
 def _swapped_recently(worker: WorkerView, rules: PlacementRules, now: float) -> bool:

@@ -74,7 +74,7 @@ class JobQueue:
             ids: Any = await self.redis.zrangebyscore(keys.pool_workers(pool), since, "+inf")
             if not ids:
                 return []
-            raws = await self.redis.mget([keys.worker_state(text(i)) for i in ids])
+            raws = await self.redis.mget([keys.worker_state(pool, text(i)) for i in ids])
         states = []
         for raw in raws:
             if raw is None:
@@ -129,17 +129,21 @@ class JobQueue:
         """Enqueue the job on its pool (on ``worker_id``'s own stream when given); returns the entry id.
 
         ``workers``: the pool's live workers if the caller has them. Raises ``NoWorker`` when no
-        live worker serves the pool and ``QueueFull`` at the bound, both with ``retry_after``;
-        ``RedisUnavailable`` when Redis is down, or the required replicas did not confirm the job
-        in time (it is withdrawn then). With a ``quota``, the job counts for its key (``tenant``):
-        ``ConcurrencyLimited`` and ``KeyQueueFull`` past it, and the job parks past the key's fair share.
+        live worker serves the pool and ``QueueFull`` when the job's images would take the pool
+        past its bound (images waiting or in hand), both with ``retry_after``; ``RedisUnavailable``
+        when Redis is down, or the required replicas did not confirm the job in time (it is
+        withdrawn then). With a ``quota``, the job counts for its key (``tenant``):
+        ``ConcurrencyLimited`` and ``KeyQueueFull`` past it (both in jobs), and the job parks past
+        the key's fair share.
         """
         if workers is None:
             workers = await self.live_workers(job.pool)
         workers = [w for w in workers if w.status != "draining"]
         if not workers:
             raise errors.NoWorker(f"no worker serves {job.pool} right now", retry_after=max(1.0, self.worker_ttl_s))
-        placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(worker_id)) if worker_id else None
+        placed = None
+        if worker_id:
+            placed = Placement(keys.worker_stream(job.pool, worker_id), keys.worker_state(job.pool, worker_id))
         counted = await self.streams(job.pool)
         slot = None
         if tenant is not None and quota is not None:
@@ -156,6 +160,7 @@ class JobQueue:
             tenant=slot,
             bound=self.queue_max,
             job=job,
+            images=job.images,
             queued=JobStatus(job_id=job.id, state="queued").model_dump_json(),
             ttl_s=keys.RESULT_TTL_S,
         )
@@ -183,7 +188,9 @@ class JobQueue:
                 "still get in",
                 retry_after=drain,
             )
-        return errors.QueueFull(f"the queue of {job.pool} is full ({self.queue_max} jobs)", retry_after=drain)
+        return errors.QueueFull(
+            f"the queue of {job.pool} is full ({self.queue_max} images waiting or in hand)", retry_after=drain
+        )
 
     async def wait(
         self,
@@ -192,8 +199,8 @@ class JobQueue:
         *,
         stop: Callable[[], Awaitable[bool]] | None = None,
         lost: Callable[[], Awaitable[object]] | None = None,
-    ) -> tuple[JobResult, bytes | None] | None:
-        """The job's result and image, or None past ``timeout_s`` (or once ``stop()`` says so).
+    ) -> tuple[JobResult, list[bytes]] | None:
+        """The job's result and images, or None past ``timeout_s`` (or once ``stop()`` says so).
 
         A Redis outage during the wait is ridden out until the deadline: the job was accepted,
         and its result is read once Redis is back. If Redis comes back without the job (its
@@ -231,8 +238,8 @@ class JobQueue:
             "the job was lost twice with its Redis primary; submit it again", retry_after=REDIS_RETRY_AFTER_S
         )
 
-    async def result(self, job_id: str) -> tuple[JobResult, bytes | None] | None:
-        """The job's published result and image, or None when there is none (yet)."""
+    async def result(self, job_id: str) -> tuple[JobResult, list[bytes]] | None:
+        """The job's published result and images, or None when there is none (yet)."""
         async with redis_errors():
             raw = await self.redis.hgetall(keys.job_result(job_id))
         return read_result(raw)
@@ -308,7 +315,7 @@ class JobQueue:
             retry_after=REDIS_RETRY_AFTER_S,
         )
 
-    async def _poll(self, job_id: str) -> tuple[tuple[JobResult, bytes | None] | None, bool]:
+    async def _poll(self, job_id: str) -> tuple[tuple[JobResult, list[bytes]] | None, bool]:
         """The job's result if written, and whether Redis knows the job at all (its result or status)."""
         async with redis_errors():
             pipe = self.redis.pipeline(transaction=False)

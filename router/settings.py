@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from common.schemas import MAX_IMAGES
 from common.settings import CommonSettings, split_list
 from router.placement import PlacementRules
 
@@ -39,7 +40,20 @@ class RouterSettings(CommonSettings):
         ge=1,
         description="Concurrent `GET /jobs/{id}/events` streams (one Redis connection each).",
     )
-    queue_max: int = Field(default=64, ge=1, description="Jobs waiting or in hand per pool; past it 429.")
+    queue_max: int = Field(
+        default=64,
+        ge=1,
+        description="Images waiting or in hand per pool (a job of n images counts n); past it 429.",
+    )
+    images_max: int = Field(
+        default=4,
+        ge=1,
+        le=MAX_IMAGES,
+        description=(
+            f"Most images one request may ask (`n` of `POST /v1/images/generations` and `POST /jobs`; at most "
+            f"{MAX_IMAGES}; `queue_max` when that is lower)."
+        ),
+    )
     affinity: bool = Field(
         default=True,
         description="Place each job on a worker that holds its adapter (false: any worker, the reference).",
@@ -143,6 +157,11 @@ class RouterSettings(CommonSettings):
         elif self.default_base not in self.pools:
             raise ValueError(f"default_base {self.default_base!r} is not one of the pools {self.pools}")
         return self
+
+    @property
+    def max_images(self) -> int:
+        """Most images one request may ask: a job of more would never fit its pool's bound."""
+        return min(self.images_max, self.queue_max)
 
     @property
     def base(self) -> str:

@@ -103,7 +103,7 @@ class Adoption:
                 continue
             stream = keys.worker_stream(q.pool, worker_id)
             if self._forget(
-                stream=stream, members=members, heartbeat=keys.worker_state(worker_id), worker_id=worker_id
+                stream=stream, members=members, heartbeat=keys.worker_state(q.pool, worker_id), worker_id=worker_id
             ):
                 continue
             q.ensure_stream(stream)
@@ -147,5 +147,5 @@ class Adoption:
             return set()
         pipe = self.redis.pipeline(transaction=False)
         for worker_id in worker_ids:
-            pipe.exists(keys.worker_state(worker_id))
+            pipe.exists(keys.worker_state(self.queue.pool, worker_id))
         return {w for w, n in zip(worker_ids, pipe.execute(), strict=True) if n}

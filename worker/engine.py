@@ -158,6 +158,7 @@ class SwapEngine:
         layers: dict[str, LoraLayer] = {}
         for target, layer in adapter.layers.items():
             weight = weight_of(self.modules[target])
+            # A base off the device (warm or cold: multi-base workers) has host tensors here.
             down = layer.down.to(device=weight.device, dtype=compute_dtype(weight))
             layers[target] = LoraLayer(down, layer.up.to(down), layer.scale)
         embeddings = None
@@ -236,6 +237,14 @@ class SwapEngine:
     def restore(self) -> SwapReport:
         """Return the base to bit-exact: every weight from its pristine copy, hooks and tokens removed."""
         return self.apply([])
+
+    def leave_device(self) -> int:
+        """The base is restored and about to leave the device (a multi-base worker switches):
+        drop the pristine copies held there. Returns the bytes freed."""
+        with self._lock:
+            if self._active.adapters:
+                raise RuntimeError("restore the base before it leaves the device")
+            return self._pristine.drop_device()
 
     def _switch(self, plan: dict[str, tuple[Signature, list[Term]]], mode: Mode) -> int:
         touched = 0

@@ -106,22 +106,30 @@ class PipelineFamily:
         prompt: str,
         *,
         steps: int,
-        seed: int,
+        seed: int | list[int],
         size: int | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         width: int | None = None,
         height: int | None = None,
     ) -> dict[str, Any]:
-        """Keyword arguments of the pipeline call; refuses (422) what the family does not take."""
+        """Keyword arguments of the pipeline call; refuses (422) what the family does not take.
+
+        ``seed``: one image; a list of seeds: one image per seed in one call, each drawn from its
+        own generator (so its noise is the noise of that seed alone).
+        """
         check_parameters(self.facts, negative_prompt=negative_prompt, width=width, height=height)
         kwargs: dict[str, Any] = {
             "prompt": prompt,
             "num_inference_steps": steps,
             "guidance_scale": self.facts.default_guidance if guidance_scale is None else guidance_scale,
-            # A CPU generator draws the same noise on every device.
-            "generator": torch.Generator(device="cpu").manual_seed(seed),
         }
+        # A CPU generator draws the same noise on every device.
+        if isinstance(seed, list):
+            kwargs["generator"] = [torch.Generator(device="cpu").manual_seed(s) for s in seed]
+            kwargs["num_images_per_prompt"] = len(seed)
+        else:
+            kwargs["generator"] = torch.Generator(device="cpu").manual_seed(seed)
         if negative_prompt is not None:
             kwargs["negative_prompt"] = negative_prompt
         for name, value in (("width", width), ("height", height)):

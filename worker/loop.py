@@ -1,4 +1,10 @@
-"""The claim → swap → generate → publish → ack loop of one worker, and its heartbeat."""
+"""The claim → switch → swap → generate → publish → ack loop of one worker, and its heartbeats.
+
+A worker serves the pools of its bases (``worker.bases``): one for a single-base worker, several
+for a multi-base one, which claims from all of them, serves its backlog grouped by base then
+adapter (``worker.backlog``), makes each job's base active before the swap, and announces a
+state in each pool.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +12,26 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from common import errors
 from common.connections import OUTAGES
 from common.schemas import Job, JobResult, JobStatus, WorkerState, adapter_set_key
 from worker.backlog import order_queue
-from worker.families import pipeline_family
+from worker.bases import Bases, BaseSlot
 from worker.metrics import WorkerMetrics
 from worker.pipeline import encode, generate
-from worker.queue import Delivery, WorkerQueue
+from worker.pools import PoolQueues
+from worker.queue import Delivery
 from worker.settings import WorkerSettings
-from worker.swapper import Outlook, Swapper
-
-if TYPE_CHECKING:
-    from worker.compiled import CompiledDenoiser
+from worker.swapper import Outlook
 
 log = logging.getLogger(__name__)
 
 _REDIS_DOWN = OUTAGES
 _MAX_BACKOFF_S = 5.0
 #: Results waiting to be settled again (Redis down, or the replicas did not confirm them) past
-#: which the worker claims no new job: each one holds its image in memory.
+#: which the worker claims no new job: each one holds its images in memory.
 _MAX_UNSETTLED = 8
 
 
@@ -37,47 +41,31 @@ class Unsettled:
 
     delivery: Delivery
     result: JobResult
-    image: bytes | None
+    images: list[bytes]
 
 
 class Worker:
-    """Serves one pool's jobs on one warm pipeline."""
+    """Serves the jobs of its bases' pools on one device."""
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        queue: WorkerQueue,
-        pipe: Any,
-        swapper: Swapper,
-        metrics: WorkerMetrics,
-        *,
-        device: str = "cpu",
-        compiled: CompiledDenoiser | None = None,
-    ) -> None:
+    def __init__(self, settings: WorkerSettings, bases: Bases, metrics: WorkerMetrics, *, device: str = "cpu") -> None:
         self.settings = settings
-        self.queue = queue
-        self.pipe = pipe
-        self.swapper = swapper
+        self.bases = bases
+        self.claims = PoolQueues(bases.queues)
         self.metrics = metrics
         self.device = device
-        #: The base's compiled denoiser (warmed up before this worker was built), if compile is on.
-        self.compiled = compiled
-        self.family = pipeline_family(type(pipe))
-        #: Steps of a job that names none: the setting, else the family's default.
-        self.default_steps = settings.default_steps or self.family.facts.default_steps
         self.status: str = "starting"
         self.current_job: str | None = None
-        self.jobs_done = 0
-        self.swap_s: float | None = None
-        self.inference_s: float | None = None
         self.redis_ok = False
         self.started_at = time.time()
         self.current_started_at: float | None = None
-        self.last_swap_at: float | None = None
         #: Jobs claimed and not yet served (placed on this worker, or adopted from a dead one).
         self.backlog: list[Delivery] = []
         #: Jobs served whose settle did not go through (``settle_again``).
         self.unsettled: list[Unsettled] = []
+
+    @property
+    def jobs_done(self) -> int:
+        return sum(slot.jobs_done for slot in self.bases)
 
     # --- the loop -------------------------------------------------------------------
 
@@ -90,19 +78,20 @@ class Worker:
         while not stop.is_set():
             try:
                 if not grouped:
-                    self.queue.ensure_group()
+                    for queue in self.bases.queues:
+                        queue.ensure_group()
                     if not recovered:
-                        held = {d.entry_id for d in self.backlog} | {u.delivery.entry_id for u in self.unsettled}
-                        self.backlog += [d for d in self.queue.recover() if d.entry_id not in held]
+                        self._recover()
                         recovered = True
                     grouped = True
                 if self.unsettled and len(self.settle_again()) >= _MAX_UNSETTLED:
                     continue
                 if time.monotonic() >= next_reclaim:
-                    self.backlog += self.queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
+                    for queue in self.bases.queues:
+                        self.backlog += queue.reclaim(min_idle_ms=int(self.settings.lease_s * 1000))
                     next_reclaim = time.monotonic() + self.settings.lease_s / 2
-                # Jobs placed on this worker first; the shared stream only when none wait here.
-                self.backlog += self.queue.claim(block_ms=self.settings.block_ms, include_pool=not self.backlog)
+                # Jobs placed on this worker first; the shared streams only when none wait here.
+                self.backlog += self.claims.claim(block_ms=self.settings.block_ms, include_pool=not self.backlog)
                 self.redis_ok = True
                 backoff = 0.1
                 if not self.backlog:
@@ -128,46 +117,69 @@ class Worker:
         """
         while self.unsettled:
             first = self.unsettled[0]
-            if not self.queue.settle(first.delivery, first.result, first.image):
+            if not self.bases[first.delivery.pool].queue.settle(first.delivery, first.result, first.images):
                 break
             self.unsettled.pop(0)
             log.info("event=result_settled job=%s", first.result.job_id)
         return self.unsettled
 
     def hand_back(self) -> None:
-        """Return the jobs claimed but not served to the pool's shared stream (on shutdown)."""
-        if self.backlog:
-            self.queue.hand_back(self.backlog)
-            self.backlog = []
+        """Return the jobs claimed but not served to their pools' shared streams (on shutdown)."""
+        for slot in self.bases:
+            mine = [d for d in self.backlog if d.pool == slot.pool]
+            if mine:
+                slot.queue.hand_back(mine)
+        self.backlog = []
+
+    def deregister(self) -> None:
+        """Leave every pool now instead of waiting for the heartbeats to expire."""
+        for queue in self.bases.queues:
+            queue.deregister()
+
+    def _recover(self) -> None:
+        held = {(d.stream, d.entry_id) for d in [*self.backlog, *(u.delivery for u in self.unsettled)]}
+        for queue in self.bases.queues:
+            self.backlog += [d for d in queue.recover() if (d.stream, d.entry_id) not in held]
 
     def _next(self) -> Delivery:
-        """The backlog job to serve now: those for the fused adapters first, none starved."""
-        delivery = self._in_order(adapter_set_key(self.swapper.active_refs()))[0]
+        """The backlog job to serve now: those for the base and adapters in use first, none starved."""
+        base = self.bases.current
+        delivery = self._in_order(base, self._active_set(base))[0]
         self.backlog.remove(delivery)
         return delivery
 
-    def _in_order(self, current: str | None) -> list[Delivery]:
-        """The backlog in the order ``order_queue`` serves it after adapters ``current``."""
-        queued = [(d.job.id, adapter_set_key(d.job.adapters), d.job.enqueued_at) for d in self.backlog]
+    def _active_set(self, pool: str | None) -> str | None:
+        return adapter_set_key(self.bases[pool].swapper.active_refs()) if pool is not None else None
+
+    def _in_order(self, base: str | None, current: str | None) -> list[Delivery]:
+        """The backlog in the order ``order_queue`` serves it after adapters ``current`` on ``base``."""
+        queued = [(d.job.id, adapter_set_key(d.job.adapters), d.job.enqueued_at, d.pool) for d in self.backlog]
         by_id = {d.job.id: d for d in self.backlog}
-        order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s)
+        order = order_queue(current, queued, time.time(), self.settings.reorder_max_age_s, current_base=base)
         return [by_id[entry.job_id] for entry in order]
 
     def _prefetch_after(self, delivery: Delivery) -> None:
         """Fetch and parse the next job's adapters while this one runs."""
         if not self.settings.prefetch:
             return
+        pool = delivery.pool
         if self.backlog:
-            following: Job | None = self._in_order(adapter_set_key(delivery.job.adapters))[0].job
+            following = self._in_order(pool, adapter_set_key(delivery.job.adapters))[0]
+            job: Job | None = following.job
+            pool = following.pool
         else:
-            following = self.queue.peek()
-        for ref in following.adapters if following else []:
-            self.swapper.prefetch(ref)
+            job = self.bases[pool].queue.peek()
+        for ref in job.adapters if job else []:
+            self.bases[pool].swapper.prefetch(ref)
 
-    def _outlook(self, job: Job) -> Outlook:
-        """The job's steps and the adapter sets of the backlog, in the order it will be served."""
-        upcoming = [adapter_set_key(d.job.adapters) for d in self._in_order(adapter_set_key(job.adapters))]
-        return Outlook(steps=job.num_inference_steps or self.default_steps, upcoming=upcoming)
+    def _outlook(self, job: Job, slot: BaseSlot) -> Outlook:
+        """The job's steps and the adapter sets of the backlog, in the order it will be served
+        (a job of another base ends the run: the base switch restores this one)."""
+        order = self._in_order(slot.pool, adapter_set_key(job.adapters))
+        upcoming = [adapter_set_key(d.job.adapters) if d.pool == slot.pool else f"<{d.pool}>" for d in order]
+        # The denoising steps of all the job's images run on the adapters of this one swap.
+        steps = (job.num_inference_steps or slot.default_steps) * job.images
+        return Outlook(steps=steps, upcoming=upcoming)
 
     def serve(self, delivery: Delivery) -> None:
         """Run one job to a published result, then acknowledge it.
@@ -176,21 +188,21 @@ class Worker:
         acknowledged. An unexpected crash leaves it pending and delivers it again (to this worker)
         until ``max_deliveries``, then dead-letters it with a failed result.
         """
-        job = delivery.job
-        standing = self.queue.standing(job.id)
+        job, slot = delivery.job, self.bases[delivery.pool]
+        standing = slot.queue.standing(job.id)
         if standing.settled:
             # Delivered again after its result was written: a failover, or the router submitting it again.
             log.info("event=already_settled job=%s (not run again)", job.id)
-            self.queue.ack(delivery.entry_id, delivery.stream)
+            slot.queue.ack(delivery.entry_id, delivery.stream)
             return
         if standing.cancelled or (job.deadline is not None and time.time() > job.deadline):
             self._settle(delivery, "cancelled", "the job was cancelled before it ran", errors.JobCancelled.error_type)
             return
         self.status, self.current_job, self.current_started_at = "busy", job.id, time.time()
-        self.metrics.queue_wait_seconds.observe(max(0.0, time.time() - job.enqueued_at))
-        self.queue.set_status(JobStatus(job_id=job.id, state="running", worker_id=self.worker_id))
+        self.metrics.of(slot.pool).queue_wait_seconds.observe(max(0.0, time.time() - job.enqueued_at))
+        slot.queue.set_status(JobStatus(job_id=job.id, state="running", worker_id=self.worker_id))
         try:
-            self._run_job(delivery)
+            self._run_job(delivery, slot)
         except errors.LorafarmError as exc:
             log.info("event=job_failed job=%s error_type=%s error=%s", job.id, exc.error_type, exc.message)
             self._settle(delivery, "failed", exc.message, exc.error_type)
@@ -198,82 +210,94 @@ class Worker:
             raise
         except Exception:
             log.exception("event=job_crashed job=%s deliveries=%d", job.id, delivery.deliveries)
-            self.metrics.job("crashed")
-            again = self.queue.retry(delivery)
+            self.metrics.of(slot.pool).job("crashed")
+            again = slot.queue.retry(delivery)
             if again is not None:
                 self.backlog.append(again)
         finally:
             self.status, self.current_job, self.current_started_at = "ready", None, None
 
-    def _run_job(self, delivery: Delivery) -> None:
-        job = delivery.job
+    def _run_job(self, delivery: Delivery, slot: BaseSlot) -> None:
+        job, metrics = delivery.job, self.metrics.of(slot.pool)
         start = time.perf_counter()
-        outcome = self.swapper.swap(job.adapters, self._outlook(job))
+        if self.bases.tiers.tier(slot.pool) != "active":
+            for ref in job.adapters:  # fetched and parsed while the base comes back
+                slot.swapper.prefetch(ref)
+        switch = self.bases.activate(slot.pool)
+        outcome = slot.swapper.swap(job.adapters, self._outlook(job, slot))
         if outcome.changed:
-            self.metrics.swap(outcome.mode)
-            self.swap_s = _ewma(self.swap_s, outcome.seconds)
-            self.last_swap_at = time.time()
-        self.metrics.swap_seconds.observe(outcome.seconds)
+            metrics.swap(outcome.mode)
+            slot.swap_s = _ewma(slot.swap_s, outcome.seconds)
+            slot.last_swap_at = time.time()
+        metrics.swap_seconds.observe(outcome.seconds)
         infer_start = time.perf_counter()
         cancelled = threading.Event()
-        image = generate(
-            self.pipe,
+        images = generate(
+            slot.pipe,
             job,
-            family=self.family,
-            steps=self.default_steps,
+            family=slot.family,
+            steps=slot.default_steps,
             size=self.settings.default_size,
-            on_step=self._progress(job, cancelled),
-            compiled=self.compiled,
+            on_step=self._progress(job, slot, cancelled),
+            compiled=slot.compiled,
         )
         inference_s = time.perf_counter() - infer_start
-        self.metrics.inference_seconds.observe(inference_s)
-        self.inference_s = _ewma(self.inference_s, inference_s)
+        metrics.inference_seconds.observe(inference_s)
+        slot.inference_s = _ewma(slot.inference_s, inference_s)
         if cancelled.is_set():
             self._settle(delivery, "cancelled", "the job was cancelled while it ran", errors.JobCancelled.error_type)
             return
-        data, content_type = encode(image, job.format)
+        encoded = [encode(image, job.format) for image in images]
+        content_type = encoded[0][1]
         result = JobResult(
             job_id=job.id,
             status="done",
             content_type=content_type,
             worker_id=self.worker_id,
-            warm=not outcome.changed,
+            warm=not outcome.changed and switch.kind == "none",
             swap_s=outcome.seconds,
+            base_switch=switch.kind,
+            base_switch_s=switch.seconds,
             inference_s=inference_s,
             compute_s=time.perf_counter() - start,
         )
         log.info(
-            "event=job_done job=%s adapters=%s warm=%s mode=%s swap_s=%.4f inference_s=%.3f",
+            "event=job_done job=%s pool=%s adapters=%s images=%d warm=%s mode=%s swap_s=%.4f base_switch=%s "
+            "inference_s=%.3f",
             job.id,
+            slot.pool,
             ",".join(r.key for r in job.adapters) or "-",
+            len(encoded),
             result.warm,
             outcome.mode,
             outcome.seconds,
+            switch.kind,
             inference_s,
         )
-        self._finish(delivery, result, data)
+        self._finish(delivery, result, [data for data, _ in encoded])
 
-    def _finish(self, delivery: Delivery, result: JobResult, image: bytes | None) -> None:
+    def _finish(self, delivery: Delivery, result: JobResult, images: list[bytes]) -> None:
         """Settle a job run to its result; kept to settle again if Redis is down or the replicas lag."""
-        self.metrics.job(result.status)
-        self.jobs_done += 1
+        slot = self.bases[delivery.pool]
+        self.metrics.of(slot.pool).job(result.status)
+        slot.jobs_done += 1
         try:
-            settled = self.queue.settle(delivery, result, image)
+            settled = slot.queue.settle(delivery, result, images)
         except _REDIS_DOWN:
-            self.unsettled.append(Unsettled(delivery, result, image))
+            self.unsettled.append(Unsettled(delivery, result, images))
             raise
         if not settled:
             log.warning("event=result_unconfirmed job=%s (settled again until the replicas hold it)", result.job_id)
-            self.unsettled.append(Unsettled(delivery, result, image))
+            self.unsettled.append(Unsettled(delivery, result, images))
 
     def _settle(self, delivery: Delivery, status: Literal["failed", "cancelled"], error: str, error_type: str) -> None:
         """Publish a result without an image (failed or cancelled) and acknowledge the job."""
         result = JobResult(
             job_id=delivery.job.id, status=status, worker_id=self.worker_id, error=error, error_type=error_type
         )
-        self._finish(delivery, result, None)
+        self._finish(delivery, result, [])
 
-    def _progress(self, job: Job, cancelled: threading.Event) -> Any:
+    def _progress(self, job: Job, slot: BaseSlot, cancelled: threading.Event) -> Any:
         last = 0.0
 
         def on_step(step: int, steps: int) -> bool:
@@ -283,10 +307,10 @@ class Worker:
                 return False
             last = now
             try:
-                self.queue.set_status(
+                slot.queue.set_status(
                     JobStatus(job_id=job.id, state="running", step=step, steps=steps, worker_id=self.worker_id)
                 )
-                if self.queue.is_cancelled(job.id):
+                if slot.queue.is_cancelled(job.id):
                     cancelled.set()
             except _REDIS_DOWN:
                 pass  # progress is best effort: the job goes on through an outage, its result waits for Redis
@@ -300,32 +324,56 @@ class Worker:
     def worker_id(self) -> str:
         return self.settings.worker_id
 
-    def state(self) -> WorkerState:
-        """This worker's heartbeat; ``queued`` is read from its own stream (claimed or not)."""
-        queued = [adapter_set_key(j.adapters) for j in self.queue.queued() if j.id != self.current_job]
-        pristine = self.swapper.pristine()
+    def state(self, pool: str | None = None, waiting: dict[str, list[str | None]] | None = None) -> WorkerState:
+        """This worker's heartbeat in ``pool`` (default: its first); ``queued`` is read from its
+        own stream there (claimed or not), ``other_queued`` from its own streams of its other
+        pools (``waiting``: those already read, by pool)."""
+        slot = self.bases[pool or self.bases.pools[0]]
+        lengths = waiting if waiting is not None else self._waiting()
+        queued = lengths[slot.pool]
+        pristine = slot.swapper.pristine()
+        warm_s, cold_s = self.bases.tiers.costs(slot.pool)
         return WorkerState(
             worker_id=self.worker_id,
-            pool=self.settings.base,
+            pool=slot.pool,
             status=self.status,  # type: ignore[arg-type]
             device=self.device,
-            pipeline=type(self.pipe).__name__,
-            fused=self.swapper.active(),
-            fused_set=adapter_set_key(self.swapper.active_refs()),
-            cached=self.swapper.cached(),
+            pipeline=type(slot.pipe).__name__,
+            fused=slot.swapper.active(),
+            fused_set=adapter_set_key(slot.swapper.active_refs()),
+            cached=slot.swapper.cached(),
             current_job=self.current_job,
             current_started_at=self.current_started_at,
             queued=queued,
             queue_len=len(queued),
-            last_swap_at=self.last_swap_at,
-            jobs_done=self.jobs_done,
-            swap_s=self.swap_s,
-            fetch_s=self.swapper.fetch_s(),
+            last_swap_at=slot.last_swap_at,
+            jobs_done=slot.jobs_done,
+            swap_s=slot.swap_s,
+            fetch_s=slot.swapper.fetch_s(),
             pristine_device_bytes=pristine["device"],
             pristine_host_bytes=pristine["host"],
-            inference_s=self.inference_s,
+            inference_s=slot.inference_s,
+            pools=self.bases.pools,
+            base_tier=self.bases.tiers.tier(slot.pool),
+            warm_switch_s=warm_s,
+            cold_switch_s=cold_s,
+            base_bytes=self.bases.tiers.tier_bytes(slot.pool),
+            other_queued=sum(len(v) for p, v in lengths.items() if p != slot.pool),
             started_at=self.started_at,
         )
+
+    def announce(self) -> None:
+        """One heartbeat in every pool this worker serves."""
+        waiting = self._waiting()
+        for slot in self.bases:
+            slot.queue.heartbeat(self.state(slot.pool, waiting), ttl_s=self.settings.worker_ttl_s)
+
+    def _waiting(self) -> dict[str, list[str | None]]:
+        """Adapter set keys of the jobs on this worker's own stream of each pool (the one in hand excluded)."""
+        return {
+            s.pool: [adapter_set_key(j.adapters) for j in s.queue.queued() if j.id != self.current_job]
+            for s in self.bases
+        }
 
     def heartbeat_forever(self, stop: threading.Event) -> None:
         """Announce this worker every ``heartbeat_s`` until ``stop``; survives Redis outages.
@@ -342,11 +390,12 @@ class Worker:
             else:
                 silent = False
                 try:
-                    self.queue.heartbeat(self.state(), ttl_s=self.settings.worker_ttl_s)
+                    self.announce()
                     self.redis_ok = True
                 except _REDIS_DOWN:
                     self.redis_ok = False
-            self.metrics.ready.set(1 if self.ready() else 0)
+            for slot in self.bases:
+                self.metrics.of(slot.pool).ready.set(1 if self.ready() else 0)
             stop.wait(self.settings.heartbeat_s)
 
     def hung(self) -> bool:

@@ -73,6 +73,12 @@ class PristineStore:
         """Write the pristine copy back into ``weight``."""
         weight.copy_(self._copies[target], non_blocking=True)
 
+    def drop_device(self, protect: Container[str] = ()) -> int:
+        """Drop the copies held on an accelerator (of targets outside ``protect``): the base they
+        belong to leaves the device. Returns the bytes freed."""
+        gone = [t for t, c in self._copies.items() if c.device.type != "cpu" and t not in protect]
+        return sum(self._copies.pop(t).nbytes for t in gone)
+
     def _copy(self, data: torch.Tensor, protect: Container[str]) -> torch.Tensor:
         on_gpu = data.device.type == "cuda"
         if on_gpu and self.policy == "device":

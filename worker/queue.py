@@ -25,6 +25,7 @@ from common.scripts import HandBack, Publish
 from common.shares import TenantKeys
 from worker import deadletter
 from worker.adoption import Adoption
+from worker.pools import PoolQueues
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Delivery:
     deliveries: int
     #: The stream the entry is on (the pool's, this worker's own, or an adopted one).
     stream: str = ""
+    #: The pool whose queue handed it over (a multi-base worker serves several).
+    pool: str = ""
 
 
 class Standing(NamedTuple):
@@ -87,26 +90,10 @@ class WorkerQueue:
 
         Malformed entries are dead-lettered, not returned. If this worker's stream is gone (a peer
         forgot it while this worker's heartbeat had lapsed, or Redis lost its data), it is made
-        again and nothing is returned this round.
+        again and nothing is returned this round. (``worker.pools.PoolQueues`` claims so from the
+        queues of several pools at once; this is it with one.)
         """
-        try:
-            return self._claim(block_ms, include_pool=include_pool, count=count)
-        except redis.ResponseError as exc:
-            if not str(exc).startswith("NOGROUP"):
-                raise
-            log.warning("event=stream_recreated worker=%s error=%s", self.worker_id, exc)
-            self.ensure_group()
-            return []
-
-    def _claim(self, block_ms: int, *, include_pool: bool, count: int) -> list[Delivery]:
-        own = self.read({self.own: ">"}, count=count, block=None)
-        if not include_pool:
-            return own
-        if own:
-            # One shared job as well: while placements keep the own streams from running dry, the
-            # jobs that spilled to the shared stream would otherwise wait behind all of them.
-            return own + self.read({self.stream: ">"}, count=1, block=None)
-        return self.read({self.own: ">", self.stream: ">"}, count=1, block=block_ms)
+        return PoolQueues([self]).claim(block_ms, include_pool=include_pool, count=count)
 
     def peek(self) -> Job | None:
         """The next job of the shared stream that no worker has claimed yet (for prefetch)."""
@@ -144,12 +131,13 @@ class WorkerQueue:
                 entry=keys.job_entry(d.job.id),
                 entry_id=d.entry_id,
                 job=d.job.model_dump_json(),
+                images=d.job.images,
             )
             log.info("event=handed_back job=%s", d.job.id)
 
     def release(self) -> None:
         """Leave the pool: stop being placed on, and hand back what is still on the own stream."""
-        self.redis.delete(keys.worker_state(self.worker_id))
+        self.redis.delete(keys.worker_state(self.pool, self.worker_id))
         self.ensure_stream(self.own)
         self.hand_back(self.read({self.own: ">"}, count=1000, block=None))
 
@@ -214,15 +202,15 @@ class WorkerQueue:
         pipe.publish(keys.job_events(status.job_id), raw)
         pipe.execute()
 
-    def publish_result(self, result: JobResult, image: bytes | None, job: Job | None = None) -> bool:
-        """Write the job's result once and wake its waiter; False when a result was already written.
+    def publish_result(self, result: JobResult, images: list[bytes], job: Job | None = None) -> bool:
+        """Write the job's result (its images, none for a job that made none) once and wake its waiter.
 
-        ``job``: the job settled, when known; a key's job then gives its place back to its key
-        (its concurrency, its fair share: ``common/shares.py``).
+        False when a result was already written. ``job``: the job settled, when known; a key's job
+        then gives its place back to its key (its concurrency, its fair share: ``common/shares.py``).
         """
-        return self._publish(**self._publish_args(result, image, job))
+        return self._publish(**self._publish_args(result, images, job))
 
-    def settle(self, delivery: Delivery, result: JobResult, image: bytes | None) -> bool:
+    def settle(self, delivery: Delivery, result: JobResult, images: list[bytes]) -> bool:
         """Publish the job's result and acknowledge its entry; False while the replicas do not hold both.
 
         Without replicas required this is ``publish_result`` then ``ack``. With them, both go on one
@@ -231,13 +219,13 @@ class WorkerQueue:
         a failover, on the new primary, which may lack both.
         """
         if not self.replication.required:
-            if not self.publish_result(result, image, delivery.job):
+            if not self.publish_result(result, images, delivery.job):
                 log.info("event=duplicate_result job=%s", result.job_id)
             self.ack(delivery.entry_id, delivery.stream)
             return True
         key, stream = keys.job_result(result.job_id), delivery.stream or self.stream
         pipe = self.redis.pipeline(transaction=False)
-        self._publish(client=pipe, **self._publish_args(result, image, delivery.job))
+        self._publish(client=pipe, **self._publish_args(result, images, delivery.job))
         # A write that always propagates: when the result was written by an earlier try, WAIT
         # after it still confirms that result (replicas receive the primary's writes in order).
         pipe.expire(key, keys.RESULT_TTL_S)
@@ -262,7 +250,7 @@ class WorkerQueue:
         now = time.time()
         members = keys.pool_workers(self.pool)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.worker_state(self.worker_id), state.dumps(), px=max(1, int(ttl_s * 1000)))
+        pipe.set(keys.worker_state(self.pool, self.worker_id), state.dumps(), px=max(1, int(ttl_s * 1000)))
         pipe.zadd(members, {self.worker_id: now})
         pipe.zremrangebyscore(members, "-inf", now - _PRUNE_WORKERS_S)
         pipe.execute()
@@ -288,17 +276,22 @@ class WorkerQueue:
         reply: Any = self.redis.xreadgroup(keys.WORKER_GROUP, self.worker_id, streams, count=count, block=block)
         if isinstance(reply, dict):  # RESP3
             reply = list(reply.items())
+        return [d for stream, entries in reply or [] for d in self.parse(text(stream), entries)]
+
+    def parse(self, stream: str, entries: Any) -> list[Delivery]:
+        """Deliveries of entries just read from ``stream``; malformed ones dead-lettered."""
         out: list[Delivery] = []
-        for stream, entries in reply or []:
-            for entry_id, fields in entries:
-                delivery = self._delivery(text(stream), text(entry_id), fields, 1)
-                if delivery is not None:
-                    out.append(delivery)
+        for entry_id, fields in entries:
+            delivery = self._delivery(stream, text(entry_id), fields, 1)
+            if delivery is not None:
+                out.append(delivery)
         return out
 
     # --- helpers ---
 
-    def _publish_args(self, result: JobResult, image: bytes | None, job: Job | None) -> dict[str, Any]:
+    def _publish_args(self, result: JobResult, images: list[bytes], job: Job | None) -> dict[str, Any]:
+        if not isinstance(images, list):
+            raise TypeError("images: a list of image bytes")
         tenant = job.tenant if job is not None else None
         return {
             "result": keys.job_result(result.job_id),
@@ -306,7 +299,7 @@ class WorkerQueue:
             "status": keys.job_status(result.job_id),
             "events": keys.job_events(result.job_id),
             "meta": result.model_dump_json(),
-            "image": image,
+            "images": images,
             "final": terminal_status(result).model_dump_json(),
             "ttl_s": keys.RESULT_TTL_S,
             "job_id": result.job_id,
@@ -319,7 +312,7 @@ class WorkerQueue:
         except (ValueError, ValidationError) as exc:
             self._dead_letter_malformed(stream, entry_id, fields, exc)
             return None
-        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries, stream=stream)
+        return Delivery(entry_id=entry_id, job=job, deliveries=deliveries, stream=stream, pool=self.pool)
 
     def _dead_letter_job(self, delivery: Delivery) -> None:
         job, tries = delivery.job, delivery.deliveries - 1
@@ -334,7 +327,7 @@ class WorkerQueue:
             worker_id=self.worker_id,
         )
         error = f"the job failed on {tries} deliveries and was dropped"
-        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), None, job)
+        self.publish_result(deadletter.failed_result(job.id, error, self.worker_id), [], job)
         self.ack(delivery.entry_id, delivery.stream)
 
     def _dead_letter_malformed(self, stream: str, entry_id: str, fields: dict[Any, Any], exc: Exception) -> None:
@@ -351,5 +344,5 @@ class WorkerQueue:
         )
         job_id = deadletter.salvage_job_id(raw)
         if job_id is not None:
-            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), None)
+            self.publish_result(deadletter.failed_result(job_id, "the job could not be read", self.worker_id), [])
         self.ack(entry_id, stream)

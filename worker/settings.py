@@ -1,4 +1,4 @@
-"""Settings of a worker process (``python -m worker --base REPO_ID``)."""
+"""Settings of a worker process (``python -m worker --base REPO_ID [--base REPO_ID ...]``)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,15 @@ def _default_worker_id() -> str:
 
 
 class WorkerSettings(CommonSettings):
-    """One worker keeps one base warm and serves the jobs of that base's pool."""
+    """One worker keeps its bases warm and serves the jobs of their pools (one pool per base)."""
 
-    base: str = Field(default="", description="Base repo id this worker serves (its pool).")
+    base: str = Field(
+        default="",
+        description=(
+            "Base repo id this worker serves (its pool); several, comma-separated, make a multi-base worker: "
+            "one base active on the device at a time, the others warm in pinned host memory or cold on disk."
+        ),
+    )
     worker_id: str = Field(default_factory=_default_worker_id, description="Unique worker name.")
     device: Literal["auto", "cuda", "cpu"] = Field(default="auto", description="Device for the base.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
@@ -150,6 +156,33 @@ class WorkerSettings(CommonSettings):
         default=False,
         description="Reference behaviour (benchmarks): diffusers load+fuse, unfuse+unload on every change.",
     )
+    base_device_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Device memory for base weights (multi-base): bases that fit stay active together. Unset: on CUDA "
+            "the free memory at start less LORAFARM_PRISTINE_HEADROOM_BYTES; on a CPU the largest base's bytes."
+        ),
+    )
+    base_host_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pinned host memory for warm copies of bases (unset: no cap); past it, bases go cold (disk).",
+    )
+    base_disk_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most disk the bases' files may take in the Hub cache (unset: no cap); over it, refused at start.",
+    )
+
+    @property
+    def bases(self) -> list[str]:
+        """The base repo ids this worker serves, in the order given (``base`` split at commas)."""
+        return list(dict.fromkeys(b.strip() for b in self.base.split(",") if b.strip()))
+
+    def for_base(self, base: str) -> WorkerSettings:
+        """These settings for one of the bases (what loading it and serving its pool read)."""
+        return self.model_copy(update={"base": base})
 
     @field_validator("compile_sizes", "compile_unfused_targets", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from huggingface_hub import errors as hf_errors
@@ -13,7 +14,7 @@ from huggingface_hub import hf_hub_download
 
 from common import errors
 from common.schemas import AdapterRef
-from worker.adapter import ParsedAdapter, read_adapter
+from worker.adapter import LoraLayer, ParsedAdapter, read_adapter
 from worker.cache import ByteLRU
 from worker.engine import SwapEngine
 from worker.settings import WorkerSettings
@@ -59,6 +60,14 @@ class AdapterStore:
     def holds(self) -> list[str]:
         return list(self.cache.keys())
 
+    def to_host(self) -> None:
+        """Move every held adapter to host memory, once its base has left the device (the swap
+        that next applies one moves it back). Nothing to do when they are there already."""
+        for key in list(self.cache):  # least recently used first: re-put in the same order
+            adapter = self.cache.pop(key)
+            if adapter is not None:
+                self.cache.put(key, on_host(adapter))
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -85,6 +94,13 @@ class AdapterStore:
         self.fetch_s = seconds if self.fetch_s is None else 0.7 * self.fetch_s + 0.3 * seconds
         log.info("event=adapter_loaded adapter=%s bytes=%d", ref.key, parsed.nbytes)
         return parsed
+
+
+def on_host(adapter: ParsedAdapter) -> ParsedAdapter:
+    """The adapter with its tensors in host memory, same dtypes (the same tensors if there already)."""
+    layers = {t: LoraLayer(layer.down.cpu(), layer.up.cpu(), layer.scale) for t, layer in adapter.layers.items()}
+    embeddings = {c: rows.cpu() for c, rows in adapter.embeddings.items()} if adapter.embeddings else None
+    return replace(adapter, layers=layers, embeddings=embeddings)
 
 
 def fetch_file(settings: WorkerSettings, ref: AdapterRef, filename: str | None) -> Path:

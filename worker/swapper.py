@@ -49,6 +49,8 @@ class Swapper(Protocol):
 
     def pristine(self) -> dict[str, int]: ...
 
+    def leave_device(self) -> None: ...
+
 
 class _Tracked:
     """What both swappers share: which adapters (and scales) are active, and skipping a no-op swap."""
@@ -135,6 +137,13 @@ class EngineSwapper(_Tracked):
     def pristine(self) -> dict[str, int]:
         return self.engine.pristine_tiers()
 
+    def leave_device(self) -> None:
+        """The base leaves the device (a multi-base worker switches): restore it bit-exact, drop
+        the pristine copies on the device, and keep parsed adapters in host memory only."""
+        self.swap([])
+        self.engine.leave_device()
+        self.store.to_host()
+
 
 class StockSwapper(_Tracked):
     """The reference system: diffusers load_lora_weights + fuse_lora, then unfuse_lora + unload."""
@@ -169,3 +178,6 @@ class StockSwapper(_Tracked):
 
     def pristine(self) -> dict[str, int]:
         return {"device": 0, "host": 0}  # diffusers' own fuse keeps no copies (and drifts)
+
+    def leave_device(self) -> None:
+        self.swap([])

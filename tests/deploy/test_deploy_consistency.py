@@ -59,6 +59,11 @@ def _slug(base: str) -> str:
     return base.replace("/", "--")
 
 
+def _bases(value: str | None) -> list[str]:
+    """The bases a worker's LORAFARM_BASE names (several, comma-separated: a multi-base worker)."""
+    return WorkerSettings.model_construct(base=value or "").bases
+
+
 def _seconds(duration: str) -> float:
     """A compose duration (`2m`, `150s`, `1m30s`) in seconds."""
     parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", duration)
@@ -84,7 +89,10 @@ def test_compose_router_serves_the_pools_that_have_workers(files: tuple[str, ...
     services = compose_services(files)
     router = service_env(services["router"])
     bases = sorted(
-        service_env(svc)["LORAFARM_BASE"] or "" for name, svc in services.items() if _role(name) is WorkerSettings
+        base
+        for name, svc in services.items()
+        if _role(name) is WorkerSettings
+        for base in _bases(service_env(svc)["LORAFARM_BASE"])
     )
     pools = (router["LORAFARM_POOLS"] or "").split(",")
     assert sorted(pools) == bases, f"{files}: router pools {pools}, worker bases {bases}"
@@ -274,27 +282,33 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
     workers = _workers(docs, strict=path in OVERLAYS)
     assert workers
     for deployment, base in workers.values():
-        assert deployment["metadata"]["labels"]["lorafarm.io/pool"] == _slug(base)
+        label = deployment["metadata"]["labels"]["lorafarm.io/pool"]
+        # A multi-base worker's label names no single pool (nor any of its pools).
+        assert label == _slug(base) if len(_bases(base)) == 1 else label not in map(_slug, _bases(base))
     for so in _named(docs, "ScaledObject").values():
         target = so["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {so['metadata']['name']} scales {target}, not a worker"
-        base = workers[target][1]
+        bases = _bases(workers[target][1])
         watched = set()
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert trigger["type"] in ("redis-streams", "redis-sentinel-streams")
-            assert meta["stream"] in (keys.pool_stream(base), keys.pool_parked(base)), f"{target}: {trigger}"
             watched.add(meta["stream"])
             if "consumerGroup" in meta:
                 assert meta["consumerGroup"] == keys.WORKER_GROUP
-        # The parked jobs of keys past their fair share are on a stream of their own, read by no worker.
-        assert watched == {keys.pool_stream(base), keys.pool_parked(base)}, f"{target} watches {watched}"
-        shared = [t for t in so["spec"]["triggers"] if t["metadata"]["stream"] == keys.pool_stream(base)]
-        modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in shared}
-        assert modes == {"lag", "len"}, "combine the group's lag with the stream length (lag can be null)"
+        # Every pool the worker serves is watched, its shared stream and the parked jobs of keys past
+        # their fair share (on a stream of their own, read by no worker).
+        assert watched == {s for b in bases for s in (keys.pool_stream(b), keys.pool_parked(b))}, f"{target}: {watched}"
+        for b in bases:
+            shared = [t for t in so["spec"]["triggers"] if t["metadata"]["stream"] == keys.pool_stream(b)]
+            modes = {("lag" if "lagCount" in t["metadata"] else "len") for t in shared}
+            assert modes == {"lag", "len"}, (
+                f"{target}: combine the group's lag with the stream length (lag can be null)"
+            )
     for hpa in _named(docs, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]["name"]
         assert target in workers
+        assert len(_bases(workers[target][1])) == 1, "a plain HPA reads the queue gauge of one pool"
         metric = hpa["spec"]["metrics"][0]["external"]["metric"]
         assert metric["name"] == "lorafarm_queue_size"
         assert metric["selector"]["matchLabels"]["pool_slug"] == _slug(workers[target][1])
@@ -303,7 +317,7 @@ def test_k8s_autoscalers_watch_the_pool_stream(path: Path, kustomize: Build) -> 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_k8s_router_serves_the_pools_that_have_workers(overlay: Path, kustomize: Build) -> None:
     docs = kustomize(overlay)
-    bases = sorted(base for _, base in _workers(docs, strict=True).values())
+    bases = sorted(b for _, base in _workers(docs, strict=True).values() for b in _bases(base))
     router = next(c for _, c in _pod_containers(docs) if c["name"] == "router")
     env = _env(router, docs, strict=True)
     pools = (env["LORAFARM_POOLS"] or "").split(",")

@@ -40,7 +40,7 @@ def unfused(zoo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def done_jobs(farm: Farm, worker: str) -> list[tuple[str, str]]:
     """(adapters, mode) of every job the worker's log says it finished."""
     log = (farm.logs / f"{worker}.log").read_text()
-    return re.findall(r"event=job_done \S+ adapters=(\S+) warm=\S+ mode=(\w+)", log)
+    return re.findall(r"event=job_done job=\S+ (?:\S+ )*?adapters=(\S+) (?:\S+ )*?mode=(\w+)", log)
 
 
 def post(farm: Farm, repo: str) -> httpx.Response:

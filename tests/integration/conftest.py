@@ -62,24 +62,29 @@ def redis_url(redis_server: str) -> Iterator[str]:
 # --- the router in process, and real workers beside it ---------------------------------------
 
 
+def router_settings(redis: str, hub: str, **overrides: Any) -> RouterSettings:
+    """The settings of the in-process router: the session's Redis and devhub, the tiny UNet pools."""
+    fields: dict[str, Any] = {
+        "redis_url": redis,
+        "hf_endpoint": hub,
+        "hf_token": "test-token",  # the devhub grants any token: private repos show as private
+        "pools": [SDXL, SD15],
+        "request_timeout_s": 30.0,
+        "max_adapter_bytes": 2 * 2**20,
+        "metadata_ttl_s": 60.0,
+        "hub_timeout_s": 3.0,
+    }
+    fields.update(overrides)
+    return RouterSettings(**fields)
+
+
 @pytest.fixture
 def app_client(redis_url: str, devhub_url: str) -> AppClient:
     """``async with app_client(**settings) as client``: the router app with its lifespan, over ASGI."""
 
     @asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        fields: dict[str, Any] = {
-            "redis_url": redis_url,
-            "hf_endpoint": devhub_url,
-            "hf_token": "test-token",  # the devhub grants any token: private repos show as private
-            "pools": [SDXL, SD15],
-            "request_timeout_s": 30.0,
-            "max_adapter_bytes": 2 * 2**20,
-            "metadata_ttl_s": 60.0,
-            "hub_timeout_s": 3.0,
-        }
-        fields.update(overrides)
-        app = create_app(RouterSettings(**fields))
+        app = create_app(router_settings(redis_url, devhub_url, **overrides))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://router", timeout=60) as client:

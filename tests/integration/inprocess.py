@@ -26,6 +26,7 @@ from worker.loop import Worker
 from worker.metrics import WorkerMetrics
 from worker.queue import Delivery, WorkerQueue
 from worker.settings import WorkerSettings
+from worker.startup import serve_bases
 from worker.store import AdapterStore
 from worker.swapper import EngineSwapper
 
@@ -55,17 +56,34 @@ class RecordingWorker(Worker):
 
 
 class InProcessWorker:
-    """One pool's real worker on a warm tiny pipeline (its engine restored to the plain base)."""
+    """A real worker on warm tiny pipelines (their engines restored to the plain base): one pool's,
+    or, given several bases (``pipes``: base -> (pipeline, engine)), a multi-base worker's."""
 
-    def __init__(self, settings: WorkerSettings, pipe: Any, engine: SwapEngine) -> None:
-        engine.restore()
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        pipe: Any = None,
+        engine: SwapEngine | None = None,
+        *,
+        pipes: dict[str, tuple[Any, SwapEngine]] | None = None,
+    ) -> None:
+        pipes = pipes or {settings.base: (pipe, engine)}  # type: ignore[dict-item]
         self.client = sync_client(settings.redis_url)
-        self.store = AdapterStore(settings, engine=engine)
-        queue = WorkerQueue(self.client, settings.base, settings.worker_id, max_deliveries=settings.max_deliveries)
-        swapper = EngineSwapper(engine, self.store, mode=settings.swap_mode)
-        self.worker = RecordingWorker(settings, queue, pipe, swapper, WorkerMetrics(settings.base))
+        self.stores: list[AdapterStore] = []
+        swappers = {}
+        for base, (p, e) in pipes.items():
+            e.restore()
+            self.stores.append(AdapterStore(settings.for_base(base), engine=e))
+            swappers[base] = (p, EngineSwapper(e, self.stores[-1], mode=settings.swap_mode))
+        metrics = WorkerMetrics(list(pipes))
+        self.bases = serve_bases(settings, self.client, metrics, swappers)
+        self.worker = RecordingWorker(settings, self.bases, metrics)
         self._stop = threading.Event()
-        self.drain()  # started: ready, its consumer group made, announced
+        self.drain()  # started: ready, its consumer groups made, announced
+
+    @property
+    def store(self) -> AdapterStore:
+        return self.stores[0]
 
     @property
     def jobs(self) -> list[Job]:
@@ -78,11 +96,13 @@ class InProcessWorker:
     def drain(self) -> None:
         """Serve every job its streams hold (burst mode), then announce its state, as its heartbeat does."""
         self.worker.run(self._stop, burst=True)
-        self.worker.queue.heartbeat(self.worker.state(), ttl_s=HEARTBEAT_TTL_S)
+        for slot in self.bases:
+            slot.queue.heartbeat(self.worker.state(slot.pool), ttl_s=HEARTBEAT_TTL_S)  # as announce() does
 
     def close(self) -> None:
-        self.worker.queue.deregister()
-        self.store.close()
+        self.worker.deregister()
+        for store in self.stores:
+            store.close()
         self.client.close()
 
 
@@ -145,13 +165,13 @@ class StubWorker:
         if self.mode == "fail":
             error_type, message = self.failure
             result = JobResult(job_id=job.id, status="failed", error=message, error_type=error_type)
-            self.queue.publish_result(result, None)
+            self.queue.publish_result(result, [])
             return
         time.sleep(1.0)  # slow
         buf = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buf, format="JPEG")
         result = JobResult(job_id=job.id, status="done", content_type="image/jpeg", worker_id=self.worker_id)
-        self.queue.publish_result(result, buf.getvalue())
+        self.queue.publish_result(result, [buf.getvalue()] * job.images)
 
     def __enter__(self) -> StubWorker:
         self._thread.start()

@@ -82,7 +82,7 @@ async def test_jobs_of_a_dead_worker_are_adopted(sync_redis: redis.Redis, jobs: 
     await jobs.submit(claimed, worker_id="dead")
     assert [d.job.id for d in dead.claim(block_ms=10)] == [claimed.id]
     await jobs.submit(unclaimed, worker_id="dead")
-    sync_redis.delete(keys.worker_state("dead"))  # its heartbeat expired: it died
+    sync_redis.delete(keys.worker_state(pool, "dead"))  # its heartbeat expired: it died
     time.sleep(0.6)  # past the adoption idle time of claimed entries
     adopted = live.reclaim(min_idle_ms=60_000)
     assert sorted(d.job.id for d in adopted) == sorted([claimed.id, unclaimed.id])
@@ -102,7 +102,7 @@ async def test_a_job_placed_on_a_worker_that_just_died_goes_to_the_shared_stream
     dying = worker(sync_redis, pool, "dying", fused=[A])
     live = worker(sync_redis, pool, "live")
     seen = await jobs.live_workers(pool)  # the router's view: "dying" holds A
-    sync_redis.delete(keys.worker_state("dying"))  # its heartbeat expires...
+    sync_redis.delete(keys.worker_state(pool, "dying"))  # its heartbeat expires...
     assert live.reclaim(min_idle_ms=60_000) == []  # ...and a peer forgets its (empty) stream
     j = job(pool, A)
     await jobs.submit(j, worker_id="dying", workers=seen)

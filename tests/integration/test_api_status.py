@@ -69,7 +69,15 @@ async def test_openapi_declares_bodies_and_errors(app_client: AppClient) -> None
         assert "Retry-After" in op["responses"]["503"]["headers"]
         assert set(op["responses"]["200"]["content"]) >= {"image/png", "image/jpeg", "image/webp"}
         headers = set(op["responses"]["200"]["headers"])
-        image = {"x-request-id", "x-compute-time", "x-worker-id", "x-adapter-warm", "x-seed", "x-swap-time"}
+        image = {
+            "x-request-id",
+            "x-compute-time",
+            "x-worker-id",
+            "x-adapter-warm",
+            "x-seed",
+            "x-swap-time",
+            "x-base-switch",
+        }
         rate = {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit", "RateLimit-Policy"}
         assert headers == image | rate
         # Every limit a 429 can name: the pool's bound and the key's three.

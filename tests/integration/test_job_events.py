@@ -64,7 +64,7 @@ async def test_stored_state_then_published_ones_in_order_until_done(redis_url: s
         for step in (1, 2, 3):
             queue.set_status(JobStatus(job_id="j1", state="running", step=step, steps=3))
         queue.set_status(JobStatus(job_id="j1", state="running", step=2, steps=3))  # late and stale
-        queue.publish_result(JobResult(job_id="j1", status="done", compute_s=0.1), b"img")
+        queue.publish_result(JobResult(job_id="j1", status="done", compute_s=0.1), [b"img"])
 
     thread = threading.Thread(target=work)
     thread.start()

@@ -38,13 +38,13 @@ async def test_submit_claim_publish_wait(sync_redis: redis.Redis, aio_redis: aio
     [delivery] = w.claim(block_ms=100)
     assert delivery.job == j and delivery.deliveries == 1
     assert await q.depth(pool) == 1  # in hand still counts
-    assert w.publish_result(done(j.id), PNG) is True
+    assert w.publish_result(done(j.id), [PNG]) is True
     w.ack(delivery.entry_id)
 
     found = await q.wait(j.id, timeout_s=5)
     assert found is not None
-    result, image = found
-    assert (result.status, result.worker_id, image) == ("done", "w1", PNG)
+    result, images = found
+    assert (result.status, result.worker_id, images) == ("done", "w1", [PNG])
     assert await q.depth(pool) == 0
     assert (await q.status(j.id)).state == "done"  # type: ignore[union-attr]
     assert 0 < await aio_redis.ttl(keys.job_result(j.id)) <= keys.RESULT_TTL_S
@@ -192,10 +192,10 @@ async def test_wait_rides_out_a_redis_restart(tmp_path: Path) -> None:
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         wait_port(port, server)
         [delivery] = w.claim(block_ms=1000)  # the job survived the restart
-        w.publish_result(done(j.id), PNG)
+        w.publish_result(done(j.id), [PNG])
         w.ack(delivery.entry_id)
-        result, image = await asyncio.wait_for(waiting, 10)  # type: ignore[misc]
-        assert (result.status, image) == ("done", PNG)
+        result, images = await asyncio.wait_for(waiting, 10)  # type: ignore[misc]
+        assert (result.status, images) == ("done", [PNG])
     finally:
         await client.aclose()
         sync.close()

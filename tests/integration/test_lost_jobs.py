@@ -57,9 +57,9 @@ async def test_a_job_lost_while_waited_for_is_submitted_again_once(
     await until(lambda: submitted_again)
     [delivery] = w.claim(block_ms=1000)
     assert delivery.job == j  # the same job, the same id
-    w.settle(delivery, done(j.id), PNG)
+    w.settle(delivery, done(j.id), [PNG])
     found = await waiting
-    assert found is not None and found[1] == PNG
+    assert found is not None and found[1] == [PNG]
     assert len(submitted_again) == 1
 
 

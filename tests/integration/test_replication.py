@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from common import errors, keys
 from common.connections import OUTAGES, async_client, sync_client
+from common.protocol import image_field
 from common.replication import Replication
 from common.schemas import WorkerState
 from common.shares import Quota
@@ -125,15 +126,15 @@ async def test_a_result_the_replica_did_not_confirm_is_settled_again(
     await q.submit(j)
     [delivery] = w.claim(block_ms=100)
     with replicas.silent_replica():
-        assert w.settle(delivery, done(j.id), PNG) is False
+        assert w.settle(delivery, done(j.id), [PNG]) is False
     # The replica caught up meanwhile, but only a settle confirmed by WAIT counts: the same call again.
-    assert w.settle(delivery, done(j.id, "second try"), b"other") is True
+    assert w.settle(delivery, done(j.id, "second try"), [b"other"]) is True
     meta = replica.hget(keys.job_result(j.id), "meta")
     assert meta is not None and b'"worker_id":"w1"' in meta  # written once, by the first try
-    assert replica.hget(keys.job_result(j.id), "image") == PNG
+    assert replica.hget(keys.job_result(j.id), image_field(0)) == PNG
     assert replica.xlen(keys.pool_stream(pool)) == 0  # acknowledged and deleted there too
-    result, image = await q.wait(j.id, timeout_s=1)  # type: ignore[misc]
-    assert (result.worker_id, image) == ("w1", PNG)
+    result, images = await q.wait(j.id, timeout_s=1)  # type: ignore[misc]
+    assert (result.worker_id, images) == ("w1", [PNG])
 
 
 async def test_a_cancel_the_replica_did_not_confirm_is_refused(

@@ -63,9 +63,9 @@ async def test_clients_follow_a_failover_over_tls(replicated: Farm, pool: str) -
     assert delivery.job == before
     farm.restart(old)  # back as a replica, so the new primary can confirm writes again
     ha.wait_replicated()
-    assert w.settle(delivery, done(before.id), b"image") is True
+    assert w.settle(delivery, done(before.id), [b"image"]) is True
     found = await q.wait(before.id, timeout_s=5)
-    assert found is not None and found[1] == b"image"
+    assert found is not None and found[1] == [b"image"]
     await q.submit(job(pool), workers=live)
     await aio.aclose()
     sync.close()

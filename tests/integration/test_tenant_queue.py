@@ -76,14 +76,14 @@ async def test_past_its_share_a_key_parks_and_a_settle_moves_its_oldest_parked_j
 
     [first] = w.claim(block_ms=10)
     assert first.job.id == a[0].id and first.job.tenant == tenant(pool, "a")
-    assert w.publish_result(done(first.job.id), PNG, first.job) is True
+    assert w.publish_result(done(first.job.id), [PNG], first.job) is True
     w.ack(first.entry_id, first.stream)
     # a's oldest parked job goes behind b's: b waited behind two of a's, not four.
     assert shared_ids(sync_redis, pool) == [a[1].id, b.id, a[2].id]
     assert parked_ids(sync_redis, pool) == [a[3].id]
     assert await tracker.position(a[2].id) == 2
     # A second result for the same job releases nothing more.
-    assert w.publish_result(done(first.job.id), PNG, first.job) is False
+    assert w.publish_result(done(first.job.id), [PNG], first.job) is False
     assert parked_ids(sync_redis, pool) == [a[3].id]
     # Where a moved job is: its entry follows it, so a cancel finds it.
     stream, _ = sync_redis.hmget(keys.job_entry(a[2].id), ["stream", "entry_id"])
@@ -121,7 +121,7 @@ async def test_concurrency_is_released_when_the_job_settles_and_other_keys_are_a
         await q.submit(job(pool), tenant=tenant(pool, "a"), quota=limit)
     await submit_all(q, pool, "b", 2, limit)  # another key is not held back by a's limit
     [first] = w.claim(block_ms=10)
-    w.publish_result(done(first.job.id), PNG, first.job)
+    w.publish_result(done(first.job.id), [PNG], first.job)
     w.ack(first.entry_id, first.stream)
     await submit_all(q, pool, "a", 1, limit)
 
@@ -184,3 +184,25 @@ async def test_an_anonymous_job_counts_for_no_key(
     entry: Any = sync_redis.hgetall(keys.job_entry(anonymous.id))
     assert set(entry) == {b"stream", b"entry_id"}
     assert not sync_redis.exists(keys.pool_share(pool), keys.pool_parked(pool))
+
+
+async def test_a_parked_job_of_several_images_keeps_its_weight_in_the_bound(
+    aio_redis: aioredis.Redis, sync_redis: redis.Redis, pool: str
+) -> None:
+    w = worker(sync_redis, pool, "w1")
+    q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=9)
+    one = Quota(concurrency=0, share=1, pool_cap=0)
+    first, parked = job(pool, images=3), job(pool, images=3)
+    for j in (first, parked):
+        await q.submit(j, tenant=tenant(pool, "a"), quota=one)
+    assert parked_ids(sync_redis, pool) == [parked.id]
+    # 6 images counted, parked ones too: a 4-image job of another key would pass the bound of 9.
+    with pytest.raises(errors.QueueFull, match="9 images"):
+        await q.submit(job(pool, images=4), tenant=tenant(pool, "b"), quota=one)
+    [delivery] = w.claim(block_ms=10)
+    w.publish_result(done(delivery.job.id), [PNG] * 3, delivery.job)
+    w.ack(delivery.entry_id, delivery.stream)
+    # Moved up onto the shared stream with its weight: 3 images there, room for 6 more.
+    [(_, fields)] = sync_redis.xrange(keys.pool_stream(pool))
+    assert Job.from_fields(fields).id == parked.id and fields[b"images"] == b"3"
+    await q.submit(job(pool, images=6), tenant=tenant(pool, "b"), quota=one)

@@ -23,10 +23,10 @@ async def test_publish_is_idempotent(sync_redis: redis.Redis, aio_redis: aioredi
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     j = job(pool)
-    assert w.publish_result(done(j.id, "first"), PNG) is True
-    assert w.publish_result(done(j.id, "second"), b"other") is False
-    result, image = await q.result(j.id)  # type: ignore[misc]
-    assert (result.worker_id, image) == ("first", PNG)
+    assert w.publish_result(done(j.id, "first"), [PNG]) is True
+    assert w.publish_result(done(j.id, "second"), [b"other"]) is False
+    result, images = await q.result(j.id)  # type: ignore[misc]
+    assert (result.worker_id, images) == ("first", [PNG])
     assert await aio_redis.llen(keys.job_done(j.id)) == 1  # the waiter is woken once
 
 
@@ -34,9 +34,9 @@ async def test_failed_result_has_no_image(sync_redis: redis.Redis, aio_redis: ai
     w = worker(sync_redis, pool, "w1")
     q = JobQueue(aio_redis, worker_ttl_s=10, queue_max=8)
     failed = JobResult(job_id="j1" + pool, status="failed", error="bad", error_type="adapter_corrupt")
-    w.publish_result(failed, None)
-    result, image = await q.wait(failed.job_id, timeout_s=1)  # type: ignore[misc]
-    assert (result.error_type, image) == ("adapter_corrupt", None)
+    w.publish_result(failed, [])
+    result, images = await q.wait(failed.job_id, timeout_s=1)  # type: ignore[misc]
+    assert (result.error_type, images) == ("adapter_corrupt", [])
     assert (await q.status(failed.job_id)).error_type == "adapter_corrupt"  # type: ignore[union-attr]
 
 
@@ -53,7 +53,7 @@ async def test_reclaim_from_dead_consumer(sync_redis: redis.Redis, aio_redis: ai
     assert (again.job, again.entry_id, again.deliveries) == (j, first.entry_id, 2)
     third = worker(sync_redis, pool, "third")
     assert third.reclaim(min_idle_ms=0) == []  # now in the hands of a live worker
-    alive.publish_result(done(j.id, "alive"), PNG)
+    alive.publish_result(done(j.id, "alive"), [PNG])
     alive.ack(again.entry_id)
     assert (await q.wait(j.id, timeout_s=2))[0].worker_id == "alive"  # type: ignore[index]
     assert await q.depth(pool) == 0
@@ -85,8 +85,8 @@ async def test_dead_letter_after_max_deliveries(sync_redis: redis.Redis, aio_red
     time.sleep(0.03)
     assert c.reclaim(min_idle_ms=20) == []  # a third delivery would pass max_deliveries=2
 
-    result, image = await q.wait(j.id, timeout_s=2)  # type: ignore[misc]
-    assert (result.status, result.error_type, image) == ("failed", "job_failed", None)
+    result, images = await q.wait(j.id, timeout_s=2)  # type: ignore[misc]
+    assert (result.status, result.error_type, images) == ("failed", "job_failed", [])
     assert "2 deliveries" in (result.error or "")
     assert await q.depth(pool) == 0
     [(_, fields)] = sync_redis.xrange(keys.dead_letter_stream(pool))

@@ -73,7 +73,7 @@ class InstantWorker:
                 result = JobResult(
                     job_id=d.job.id, status="done", content_type=MEDIA_TYPES[d.job.format], worker_id="fuzz-worker"
                 )
-                self.queue.publish_result(result, self.images[d.job.format])
+                self.queue.publish_result(result, [self.images[d.job.format]] * d.job.images)
                 self.queue.ack(d.entry_id, d.stream)
 
     def __enter__(self) -> InstantWorker:

@@ -179,8 +179,8 @@ def test_a_worker_handed_a_pickle_never_loads_it(one_worker: Farm, canary: Path)
         assert found is not None
         return found
 
-    result, image = asyncio.run(run())
+    result, images = asyncio.run(run())
     assert result.status == "failed"
     assert result.error_type == "unsafe_adapter_format"
-    assert image is None
+    assert images == []
     assert not canary.exists(), "a pickle file was unpickled"

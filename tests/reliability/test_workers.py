@@ -82,7 +82,7 @@ def test_sigterm_finishes_the_job_in_hand_claims_no_more_and_leaves_streams_clea
     assert f"event=worker_stopped worker={holder}" in log(farm, holder)
     client = redis_client(farm)
     assert_clean(client)
-    assert client.get(keys.worker_state(holder)) is None
+    assert client.get(keys.worker_state(SDXL, holder)) is None
     figures(drained_s=round(time.monotonic() - stopped, 2))
 
 

@@ -63,3 +63,20 @@ def test_the_same_adapter_at_another_strength_is_not_held() -> None:
     workers = [idle("w1", fused=A), idle("w2", fused=half)]
     assert fleet.place(half, workers, NOW, "j0") == "w2"
     assert fleet.place(A, workers, NOW, "j1") == "w1"
+
+
+def test_a_multi_base_worker_is_seen_with_its_base_tier_and_its_other_pools_jobs() -> None:
+    fleet = Fleet(PlacementRules(max_queue=3, max_wait_s=60.0))
+    # Worker m serves pools p and q: its base of q is on the device, its base of p is warm.
+    m_in_p = idle("m").model_copy(update={"base_tier": "warm", "warm_switch_s": 0.3, "pools": ["p", "q"]})
+    m_in_q = idle("m").model_copy(update={"pool": "q", "pools": ["p", "q"]})
+    other = idle("o").model_copy(update={"base_tier": "warm", "warm_switch_s": 0.35})
+    assert fleet.place([], [m_in_p, other], NOW, "probe") == "m"  # the cheaper switch
+    fleet.finished("probe")
+    assert fleet.place([], [m_in_q], NOW + 0.01, "jq") == "m"
+    # Before m's next heartbeat, pool p sees the job placed on m in q: it runs before a switch
+    # to p's base (0.2 s + 0.3 s), so the other worker's 0.35 s switch is sooner now.
+    assert fleet.place([], [m_in_p, other], NOW + 0.02, "jp") == "o"
+    fleet.finished("jq")
+    fleet.finished("jp")
+    assert fleet.place([], [m_in_p, other], NOW + 0.03, "jp2") == "m"

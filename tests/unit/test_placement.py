@@ -15,6 +15,7 @@ from router.placement import (
     TAIL,
     PlacementRules,
     WorkerView,
+    base_switch_s,
     choose_worker,
     expected_finish_s,
     expected_wait_s,
@@ -217,6 +218,65 @@ def test_two_alternating_adapters_do_not_thrash_one_worker_while_another_is_free
     assert replay(alternating, replace(RULES, damping_s=0.0)) == 20
 
 
+# --- workers serving several bases -----------------------------------------------------
+# In a pool's view, a multi-base worker's base is active, warm (pinned host) or cold (disk).
+
+
+def test_a_job_goes_to_the_worker_with_the_base_active_before_one_that_must_switch() -> None:
+    active, warm = worker("w2"), worker("w1", base="warm", warm_switch_s=0.3)
+    assert choose_worker(None, [warm, active], RULES, NOW) == "w2"
+    assert choose_worker(A, [warm, active], RULES, NOW) == "w2"
+    # Its own adapter cached does not make up for the switch on top of the swap.
+    assert (
+        choose_worker(A, [replace(warm, cached=frozenset({A})), replace(active, cached=frozenset({A}))], RULES, NOW)
+        == "w2"
+    )
+
+
+def test_a_warm_switch_is_preferred_to_a_cold_load() -> None:
+    warm = worker("w2", base="warm", warm_switch_s=0.3, cold_switch_s=4.0)
+    cold = worker("w1", base="cold", warm_switch_s=0.3, cold_switch_s=4.0)
+    assert choose_worker(None, [cold, warm], RULES, NOW) == "w2"
+    assert base_switch_s(warm, RULES) == 0.3 and base_switch_s(cold, RULES) == 4.0
+    assert base_switch_s(worker("w"), RULES) == 0.0
+    # Unmeasured: the rules' defaults keep the same order.
+    assert base_switch_s(worker("w", base="warm"), RULES) < base_switch_s(worker("w", base="cold"), RULES)
+
+
+def test_a_switch_costs_its_measured_seconds_and_the_base_comes_back_plain() -> None:
+    warm = worker("w", base="warm", warm_switch_s=0.3, fused=A, cached=frozenset({B}))
+    assert math.isclose(expected_finish_s(warm, None, RULES, NOW), 0.3 + 10.0)  # no restore after a switch
+    assert math.isclose(expected_finish_s(warm, B, RULES, NOW), 0.3 + 0.5 + 10.0)
+    # Nothing is fused for this pool while the base is not on the device: A is only cached.
+    assert holder_tier(warm, A) == ABSENT
+    assert holder_tier(replace(warm, cached=frozenset({A})), A) == IN_HOST
+
+
+def test_jobs_queued_for_an_inactive_base_make_it_a_holder_and_pay_the_switch_once() -> None:
+    warm = busy("w", 2.0, base="warm", warm_switch_s=0.3, queued=(A,))
+    assert holder_tier(warm, A) == TAIL
+    assert math.isclose(expected_wait_s(warm, RULES), 2.0 + 0.3 + 0.5 + 10.0)
+    assert math.isclose(expected_finish_s(warm, A, RULES, NOW), 2.0 + 0.3 + 0.5 + 10.0 + 10.0)
+
+
+def test_jobs_held_for_the_other_bases_share_the_device() -> None:
+    other = worker("w1", base="warm", warm_switch_s=0.3, other_queued=1)
+    # The other base's job runs first (the worker groups by base): 10 s before this one starts.
+    assert expected_wait_s(other, RULES) == 10.0
+    assert is_overloaded(busy("w", 0.5, other_queued=1), RULES)  # depth 2 = max_queue
+    assert choose_worker(None, [other, worker("w2", base="cold", cold_switch_s=4.0)], RULES, NOW) == "w2"
+    # An active base's jobs go before the other bases': their queue does not delay this one.
+    assert expected_wait_s(worker("w", other_queued=1), RULES) == 0.0
+
+
+def test_a_pool_of_multi_base_workers_only_is_placed_like_any_pool() -> None:
+    spill = replace(RULES, spill_to_shared=True)
+    workers = [worker("w1", base="warm", warm_switch_s=0.3), worker("w2", base="cold", cold_switch_s=4.0)]
+    assert choose_worker(A, workers, spill, NOW) == "w1"
+    crowded = [replace(w, busy=True, remaining_s=9.0) for w in workers]
+    assert choose_worker(A, crowded, spill, NOW) is None  # the shared stream, which both drain
+
+
 # --- properties -------------------------------------------------------------------------
 
 ADAPTERS = st.sampled_from([A, B, C, None])
@@ -268,3 +328,41 @@ def test_with_spill_a_chosen_worker_is_never_overloaded(workers: list[WorkerView
     chosen = choose_worker(adapter, workers, rules, NOW)
     if chosen is not None:
         assert not is_overloaded(next(w for w in workers if w.worker_id == chosen), rules)
+
+
+multi_views = st.builds(
+    WorkerView,
+    worker_id=st.sampled_from([f"w{i}" for i in range(8)]),
+    last_seen=st.floats(NOW - 30.0, NOW),
+    fused=ADAPTERS,
+    cached=st.frozensets(st.sampled_from([A, B, C]), max_size=3),
+    queued=st.lists(ADAPTERS, max_size=3).map(tuple),
+    busy=st.booleans(),
+    remaining_s=st.floats(0.0, 12.0),
+    base=st.sampled_from(["active", "warm", "cold"]),
+    warm_switch_s=st.none() | st.floats(0.0, 2.0),
+    cold_switch_s=st.none() | st.floats(2.0, 30.0),
+    other_queued=st.integers(0, 3),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(multi_views, max_size=8, unique_by=lambda w: w.worker_id), ADAPTERS)
+def test_with_several_bases_the_choice_has_room_and_a_plain_base_job_prefers_no_switch(
+    workers: list[WorkerView], adapter: str | None
+) -> None:
+    rules = replace(RULES, max_holders=len(workers) + 1)
+    chosen = choose_worker(adapter, workers, rules, NOW)
+    live = [w for w in workers if is_live(w, rules, NOW)]
+    by_id = {w.worker_id: w for w in workers}
+    if any(not is_overloaded(w, rules) for w in live):
+        assert not is_overloaded(by_id[str(chosen)], rules)
+    # Two idle workers alike but for the base's tier: the one with less to do wins.
+    idle = [replace(w, busy=False, queued=(), other_queued=0, fused=None, last_swap_at=None) for w in live]
+    if adapter is None and idle:
+        pick = by_id_view(idle)[str(choose_worker(None, idle, rules, NOW))]
+        assert base_switch_s(pick, rules) == min(base_switch_s(w, rules) for w in idle)
+
+
+def by_id_view(workers: list[WorkerView]) -> dict[str, WorkerView]:
+    return {w.worker_id: w for w in workers}

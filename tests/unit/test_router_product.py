@@ -18,15 +18,16 @@ from router.settings import RouterSettings
 # --- the job body -------------------------------------------------------------------------------
 
 
-def test_job_body_is_the_sync_body_plus_model() -> None:
-    model, body = parse_job_body(b'{"model": " tiny/sdxl-lora-a ", "inputs": "a cat", "parameters": {"seed": 3}}')
-    assert model == "tiny/sdxl-lora-a"
+def test_job_body_is_the_sync_body_plus_model_and_n() -> None:
+    raw = b'{"model": " tiny/sdxl-lora-a ", "n": 3, "inputs": "a cat", "parameters": {"seed": 3}}'
+    model, images, body = parse_job_body(raw)
+    assert (model, images) == ("tiny/sdxl-lora-a", 3)
     assert body.inputs == "a cat" and body.parameters.seed == 3
 
 
 def test_job_body_without_model_defers_to_the_lora_header_or_base() -> None:
-    model, body = parse_job_body(b'{"inputs": "a cat"}')
-    assert model is None and body.inputs == "a cat"
+    model, images, body = parse_job_body(b'{"inputs": "a cat"}')
+    assert model is None and images == 1 and body.inputs == "a cat"
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,10 @@ def test_job_body_without_model_defers_to_the_lora_header_or_base() -> None:
         (b'{"model": "a/b", "inputs": "x", "extra": 1}', "extra"),
         (b'{"model": "a/b", "inputs": "\\ud800"}', "surrogate"),
         (b'{"model": "a/b", "inputs": "x", "parameters": {"num_inference_steps": 0}}', "num_inference_steps"),
+        (b'{"inputs": "x", "n": 0}', "n: an integer from 1"),
+        (b'{"inputs": "x", "n": 11}', "n: an integer from 1"),
+        (b'{"inputs": "x", "n": true}', "n: an integer from 1"),
+        (b'{"inputs": "x", "n": "2"}', "n: an integer from 1"),
     ],
 )
 def test_bad_job_bodies_are_invalid_requests(raw: bytes, says: str) -> None:

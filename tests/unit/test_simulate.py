@@ -75,7 +75,8 @@ def test_the_command_prints_its_table_and_draws_the_plot(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "| (c) lorafarm" in out and "command: python -m bench.simulate --quick" in out
     verdicts = [line for line in out.splitlines() if ": met (" in line or ": NOT met (" in line]
-    assert len(verdicts) == 2, out
+    assert len(verdicts) == 4, out
+    assert "| (d) lorafarm multi-base" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
