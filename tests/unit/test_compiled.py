@@ -87,3 +87,12 @@ def test_compile_sizes_are_width_by_height_or_a_square() -> None:
     assert settings.served_sizes() == [(1024, 1024), (832, 1216)]
     with pytest.raises(ValidationError, match="WIDTHxHEIGHT or N"):
         WorkerSettings(compile_sizes="big")
+
+
+def test_a_compiled_worker_serves_one_base() -> None:
+    """A base switch moves a base's weights to other tensors: a compiled graph would recompile."""
+    from worker.startup import load_bases
+
+    settings = WorkerSettings(base="tiny/sdxl-base,tiny/sd15-base", compile="default")
+    with pytest.raises(ValueError, match="LORAFARM_COMPILE serves one base"):
+        load_bases(settings, None, None)  # type: ignore[arg-type]  # refused before anything is loaded
