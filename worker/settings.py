@@ -106,7 +106,7 @@ class WorkerSettings(CommonSettings):
         description=(
             "torch.compile the denoiser (UNet or transformer) once at start, warm it up at the served sizes, "
             "and only then report ready: the `torch.compile` mode, or off. Swaps never recompile it. "
-            "reduce-overhead adds CUDA graphs (CUDA only). See docs/COMPILE.md."
+            "reduce-overhead adds CUDA graphs (CUDA only). One base per worker. See docs/COMPILE.md."
         ),
     )
     compile_scope: Literal["denoiser", "blocks"] = Field(
