@@ -96,7 +96,7 @@ def draw(base: Base, prompt: str = "a cat") -> np.ndarray:
 def png(base: Base, prompt: str = "a cat") -> bytes:
     """The image bytes a worker answers with: ``worker.pipeline.generate``, then PNG."""
     job = Job(id="compile-test", pool="tiny", prompt=prompt, num_inference_steps=2, seed=0)
-    image = generate(base.pipe, job, family=base.family, steps=2, size=SIZE, compiled=base.denoiser)
+    (image,) = generate(base.pipe, job, family=base.family, steps=2, size=SIZE, compiled=base.denoiser)
     return encode(image, "png")[0]
 
 
