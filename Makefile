@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # A CPU build of torch is offered to pip on this kind of machine; a GPU host installs the normal wheel.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: help setup system-deps run test test-fast reliability-report lint format bench-swap bench-swap-flux bench-load bench-simulate \
+.PHONY: help setup system-deps run test test-fast reliability-report lint format bench-swap bench-swap-flux bench-load bench-simulate bench-compile \
         bench-batch deploy-check clean
 
 # Every target carries a `## what it does` comment: `make help` lists them from this file.
@@ -75,6 +75,9 @@ bench-load: setup ## load benchmark on a real tiny farm (Zipf trace, reference v
 
 bench-simulate: setup ## Hub-scale fleet simulation (BENCH_ARGS=--quick)
 	$(PY) -m bench.simulate $(BENCH_ARGS)
+
+bench-compile: setup ## eager vs torch.compile denoiser, swaps and recompiles on it (BENCH_ARGS=--device cuda ...)
+	$(PY) -m bench.compile $(BENCH_ARGS)
 
 bench-batch: setup ## images/s: four one-image jobs against one job of four (tiny base, SDXL-shaped UNet)
 	$(PY) -m bench.batch $(BENCH_ARGS)

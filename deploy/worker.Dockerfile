@@ -32,9 +32,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     LORAFARM_WORKER_PORT=9100
 
 # Python from the base image's Ubuntu release (24.04: Python 3.12; lorafarm needs >= 3.11).
+# g++ and python3-dev: torch.compile (LORAFARM_COMPILE) builds kernels at start, CPU inductor's
+# with g++, and on a GPU Triton's launcher with gcc and Python's headers.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV" \
     && useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin lorafarm \

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker.families import PipelineFamily, pipeline_family
 from worker.queue import WorkerQueue
@@ -22,6 +22,9 @@ from worker.residency import BaseWeights
 from worker.settings import WorkerSettings
 from worker.swapper import Swapper
 from worker.tiers import Move, Tiers
+
+if TYPE_CHECKING:
+    from worker.compiled import CompiledDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class BaseSlot:
     swapper: Swapper
     weights: BaseWeights
     family: PipelineFamily = field(init=False)
+    #: The base's compiled denoiser (``LORAFARM_COMPILE``), warmed up before the worker announces itself.
+    compiled: CompiledDenoiser | None = None
     #: Smoothed seconds of this base's adapter swaps and generations; None until measured.
     swap_s: float | None = None
     inference_s: float | None = None

@@ -59,7 +59,8 @@ def calibrate(engine: SwapEngine, *, size: int | None = None, steps: int = 2, re
 
     ``size``: the image size jobs run at by default (``None``: the pipeline's own).
     """
-    adapter = synthetic_adapter(engine)
+    # within a compiled denoiser's fixed unfused rank, so that "unfused" is measured unfused
+    adapter = synthetic_adapter(engine, min(RANK, engine.fixed.rank) if engine.fixed else RANK)
     tracker = CostTracker()
     try:
         _run_seconds(engine, 1, size)  # first-run costs (allocations, kernel choice) out of the way

@@ -6,6 +6,11 @@ stay at ``W0`` and a forward hook adds the low-rank terms (only the small matric
 Weights the new set does not touch are copied back from their pristine copy; nothing is ever
 subtracted, so ``restore()`` returns the base bit-exact whatever came before. When the pristine
 budget has no room for the copies a set needs fused, that set is applied unfused instead.
+
+Every write is in place (same tensors, same addresses), which is what keeps a compiled denoiser
+valid across swaps (``worker.compiled``). For such a denoiser, ``fixed`` gives its usual LoRA
+targets permanent fixed-shape unfused paths (``worker.lowrank.PaddedPath``); an unfused set
+that does not fit them is applied fused instead, or refused, by ``FixedRank.overflow``.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from typing import Any, Literal
 
 import torch
 
-from common.errors import InvalidRequest
+from common.errors import AdapterIncompatible, InvalidRequest
 from worker.adapter import LoraLayer, ParsedAdapter, adapter_nbytes, validate, weight_of
 from worker.families import pipeline_family
 from worker.fusion import FusedWriter, compute_dtype
-from worker.lowrank import LowRankPath, Term
+from worker.lowrank import FixedRank, LowRankPath, PaddedPath, Term, misfit
 from worker.naming import target_name
 from worker.pristine import PristineFull, PristinePolicy, PristineStore
 from worker.tokens import PivotalTokens
@@ -76,7 +81,8 @@ class SwapEngine:
 
     ``pristine``: where the copies of touched weights live: ``device`` (fastest), ``host`` (pinned
     memory on a GPU machine), or ``auto`` (the device while it keeps ``headroom_bytes`` free);
-    host copies stay within ``host_bytes`` (``None``: no cap).
+    host copies stay within ``host_bytes`` (``None``: no cap). ``fixed``: fixed-shape unfused paths
+    on the denoiser, for a compiled one (see the module docstring).
     """
 
     def __init__(
@@ -86,6 +92,7 @@ class SwapEngine:
         pristine: PristinePolicy = "auto",
         headroom_bytes: int = 2 << 30,
         host_bytes: int | None = None,
+        fixed: FixedRank | None = None,
     ) -> None:
         self.pipe = pipe
         self.family = pipeline_family(type(pipe))
@@ -95,9 +102,19 @@ class SwapEngine:
         self._tokens = PivotalTokens(pipe)
         self._writer = FusedWriter()
         self._fused: dict[str, Signature] = {}
-        self._paths: dict[str, tuple[Signature, LowRankPath]] = {}
+        self._paths: dict[str, tuple[Signature, LowRankPath | PaddedPath]] = {}
         self._active = ActiveSet()
         self._lock = threading.Lock()
+        self.fixed = fixed
+        self._padded = self._padded_paths(fixed) if fixed is not None else {}
+
+    def _padded_paths(self, fixed: FixedRank) -> dict[str, PaddedPath]:
+        denoiser = f"{self.family.denoiser}."
+        return {
+            target: PaddedPath(module, fixed.rank, compute_dtype(weight_of(module)))
+            for target, module in self.modules.items()
+            if target.startswith(denoiser) and target.endswith(fixed.targets)
+        }
 
     @property
     def active(self) -> ActiveSet:
@@ -112,6 +129,16 @@ class SwapEngine:
     def pristine_bytes(self) -> int:
         """Bytes of pristine copies held (device and host together)."""
         return self._pristine.nbytes
+
+    @property
+    def padded_bytes(self) -> int:
+        """Bytes of the fixed-shape unfused factors (allocated once, for a compiled denoiser)."""
+        return sum(path.nbytes for path in self._padded.values())
+
+    @property
+    def padded_targets(self) -> list[str]:
+        """The denoiser modules with fixed-shape unfused factors."""
+        return sorted(self._padded)
 
     def pristine_tiers(self) -> dict[str, int]:
         """Bytes of pristine copies held per tier: ``device`` and ``host``."""
@@ -158,6 +185,9 @@ class SwapEngine:
             for adapter, _ in adapters:
                 validate(adapter, self.modules)
             self._tokens.check([a for a, _ in adapters])
+            wanted = self._fit(wanted, adapters)
+            if wanted == self._active:
+                return SwapReport(False, time.perf_counter() - start, wanted.mode, 0)
             staged = [(self._moved(a), float(s)) for a, s in adapters]
             plan = _plan(staged)
             try:
@@ -165,6 +195,7 @@ class SwapEngine:
                     touched = self._switch(plan, wanted.mode)
                 except PristineFull as exc:
                     wanted = self._unfuse_instead(wanted, exc)
+                    self._fit(wanted, adapters)
                     touched = self._switch(plan, "unfused")
                 self._tokens.set([a for a, _ in staged])
             except BaseException:
@@ -182,6 +213,26 @@ class SwapEngine:
             self._too_big.clear()
         self._too_big.add(wanted.adapters)
         return replace(wanted, mode="unfused")
+
+    def _fit(self, wanted: ActiveSet, adapters: Sequence[tuple[ParsedAdapter, float]]) -> ActiveSet:
+        """An unfused set that does not fit the fixed paths: fused instead, or refused (``fixed.overflow``)."""
+        if wanted.mode != "unfused" or self.fixed is None:
+            return wanted
+        ranks: dict[str, int] = {}
+        for adapter, _ in adapters:
+            for target, layer in adapter.layers.items():
+                ranks[target] = ranks.get(target, 0) + layer.rank
+        reason = misfit(ranks, self._padded, self.fixed.rank, compiled=(self.family.denoiser,))
+        if reason is None:
+            return wanted
+        if self.fixed.overflow == "refuse" or wanted.adapters in self._too_big:
+            fused = "; fused, its pristine copies are over the budget" if wanted.adapters in self._too_big else ""
+            raise AdapterIncompatible(
+                f"{'+'.join(wanted.keys)}: cannot be applied unfused on this compiled worker: {reason}{fused} "
+                "(LORAFARM_COMPILE_UNFUSED_RANK, LORAFARM_COMPILE_UNFUSED_TARGETS)"
+            )
+        log.info("event=unfused_overflow adapters=%s mode=fused reason=%s", "+".join(wanted.keys), reason)
+        return replace(wanted, mode="fused")
 
     def restore(self) -> SwapReport:
         """Return the base to bit-exact: every weight from its pristine copy, hooks and tokens removed."""
@@ -219,11 +270,14 @@ class SwapEngine:
         for target, (signature, terms) in unfused_plan.items():
             current = self._paths.get(target)
             if current is None or current[0] != signature:
-                path = current[1] if current is not None else LowRankPath(self.modules[target])
+                path = current[1] if current is not None else self._path(target)
                 path.set(terms)
                 self._paths[target] = (signature, path)
                 touched += 1
         return touched
+
+    def _path(self, target: str) -> LowRankPath | PaddedPath:
+        return self._padded.get(target) or LowRankPath(self.modules[target])
 
     def _reset(self) -> None:
         """Back to the plain base after a failure; every step here is a copy or a removal."""

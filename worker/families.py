@@ -12,7 +12,8 @@ of its ``lora_state_dict`` answer, which is not the same across mixins:
 - the newer mixins (SD3, Qwen-Image, Flux.2...): ``(state_dict[, metadata])``, never alphas.
 
 The same table builds the pipeline call of a job: which parameters the family takes, its
-default steps and guidance.
+default steps and guidance; and names the denoiser modules LoRAs usually target
+(``LORA_TARGETS``), which get fixed-shape unfused buffers when the denoiser is compiled.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ LOADERS: dict[str, LoaderShape] = {
 }
 NEWER_LOADERS = LoaderShape("never")
 
+#: The attention and feed-forward projections of the transformer blocks, which the common trainers
+#: target (diffusers' scripts: attention; kohya and ai-toolkit: every linear of a block).
+_UNET_TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0", ".proj_in", ".proj_out", ".ff.net.0.proj", ".ff.net.2")
+#: By family name: endings of the denoiser module names LoRAs usually target.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "sdxl": _UNET_TARGETS,
+    "sd15": _UNET_TARGETS,
+    "flux": (
+        *(".to_q", ".to_k", ".to_v", ".to_out.0", ".add_q_proj", ".add_k_proj", ".add_v_proj", ".to_add_out"),
+        *(".ff.net.0.proj", ".ff.net.2", ".ff_context.net.0.proj", ".ff_context.net.2"),
+        # single blocks' MLP and output, the final projection, the blocks' modulation (kohya, ai-toolkit)
+        *(".proj_mlp", ".proj_out", ".norm.linear", ".norm1.linear", ".norm1_context.linear"),
+    ),
+}
+_ATTENTION = (".to_q", ".to_k", ".to_v", ".to_out.0")
+
 
 @dataclass(frozen=True)
 class PipelineFamily:
@@ -57,6 +74,11 @@ class PipelineFamily:
     @property
     def denoiser(self) -> str:
         return self.facts.denoiser
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """Endings of the denoiser modules LoRAs usually target (attention only for a family not listed)."""
+        return LORA_TARGETS.get(self.facts.name, _ATTENTION)
 
     def lora_state_dict(self, weights: Path, denoiser_config: Any = None) -> tuple[dict[str, Any], dict[str, Any], Any]:
         """``(state_dict, alphas, metadata)`` of a local LoRA file, through the pipeline's own converters."""

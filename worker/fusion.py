@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from worker.lowrank import Term
+from worker.lowrank import Term, factors
 
 #: fp32 scratch elements (8 MiB): a chunk of rows is rebuilt in cache, then written once.
 SCRATCH_ELEMS = 2 << 20
@@ -23,17 +23,6 @@ _HALF = (torch.float16, torch.bfloat16)
 def compute_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the low-rank factors are kept and multiplied in for this weight."""
     return torch.float32 if weight.device.type == "cpu" and weight.dtype in _HALF else weight.dtype
-
-
-def factors(terms: Sequence[Term]) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(up, down, scale) as 2-D matrices; several adapters become one product over their stacked ranks."""
-    if len(terms) == 1:
-        down, up, scale = terms[0]
-        return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1), scale
-    # one product over the concatenated ranks: a single rounding of the sum, not one per adapter
-    up = torch.cat([(u.reshape(u.shape[0], -1).float() * s).to(u.dtype) for _, u, s in terms], dim=1)
-    down = torch.cat([d.reshape(d.shape[0], -1) for d, _, _ in terms], dim=0)
-    return up, down, 1.0
 
 
 class FusedWriter:

@@ -239,6 +239,7 @@ class Worker:
             steps=slot.default_steps,
             size=self.settings.default_size,
             on_step=self._progress(job, slot, cancelled),
+            compiled=slot.compiled,
         )
         inference_s = time.perf_counter() - infer_start
         metrics.inference_seconds.observe(inference_s)

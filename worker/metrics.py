@@ -96,6 +96,12 @@ class WorkerMetrics:
         self._bases = _PerPool("lorafarm_base_bytes", "Bytes of the base's weights, by tier.", "tier", "gauge")
         for collector in (self._cache, self._pristine, self._bases):
             r.register(collector)
+        self._compile_seconds = Gauge(
+            "lorafarm_compile_seconds",
+            "Seconds the denoiser took to compile and warm up at start (absent: compile off).",
+            ["pool"],
+            registry=r,
+        )
         self._of: dict[str, PoolMetrics] = {}
 
     def of(self, pool: str) -> PoolMetrics:
@@ -120,6 +126,11 @@ class WorkerMetrics:
     def watch_cache(self, counts: Callable[[], dict[str, int]], pool: str | None = None) -> None:
         """Export a host adapter cache's own counters (hits, misses, evictions) at each scrape."""
         self._cache.watch(pool or self.pool, counts)
+
+    def watch_compile(self, seconds: float, recompiles: Callable[[], int], pool: str | None = None) -> None:
+        """Export the compile time at start, and the graphs compiled since (new shapes; swaps never)."""
+        self._compile_seconds.labels(pool=pool or self.pool).set(seconds)
+        self.registry.register(_RecompileCollector(pool or self.pool, recompiles))
 
     def watch_pristine(self, tiers: Callable[[], dict[str, int]], pool: str | None = None) -> None:
         """Export the bytes of pristine copies per tier (device, host) at each scrape."""
@@ -146,4 +157,19 @@ class _PerPool(Collector):
         for pool, source in self._sources.items():
             for key, value in source().items():
                 family.add_metric([pool, key], value)
+        yield family
+
+
+class _RecompileCollector(Collector):
+    def __init__(self, pool: str, recompiles: Callable[[], int]) -> None:
+        self._pool = pool
+        self._recompiles = recompiles
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "lorafarm_denoiser_recompiles",
+            "Graphs of the compiled denoiser compiled after its warm-up (a shape not warmed up).",
+            labels=["pool"],
+        )
+        family.add_metric([self._pool], self._recompiles())
         yield family

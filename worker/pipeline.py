@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -16,6 +16,9 @@ from common.families import BatchMode, Family, family_of
 from common.schemas import Job
 from worker.families import PipelineFamily
 from worker.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.compiled import CompiledDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +83,17 @@ def generate(
     size: int | None = None,
     on_step: StepHook | None = None,
     batch: BatchMode | None = None,
+    compiled: CompiledDenoiser | None = None,
 ) -> list[Image.Image]:
     """Run the pipeline for one job: its ``images``, image k from seed ``job.seeds[k]``.
 
-    The same job (seed included) gives the same images, and image k is the image of the one-image
-    job with seed ``job.seeds[k]``: the family's ``batch`` says whether one pipeline call keeps that
-    promise (``one_call``) or the images are made one call each (``loop``); ``batch`` overrides it
-    (the benchmark compares both). ``steps`` and ``size`` (width and height) are the worker's
-    defaults for a job naming none; ``None`` size: the pipeline's own. Parameters the family does
-    not take raise ``InvalidRequest``. ``on_step`` counts the steps of all the images.
+        The same job (seed included) gives the same images, and image k is the image of the one-image
+        job with seed ``job.seeds[k]``: the family's ``batch`` says whether one pipeline call keeps that
+        promise (``one_call``) or the images are made one call each (``loop``); ``batch`` overrides it
+        (the benchmark compares both). ``steps`` and ``size`` (width and height) are the worker's
+        defaults for a job naming none; ``None`` size: the pipeline's own. Parameters the family does
+        not take raise ``InvalidRequest``, and so does a shape a ``compiled`` denoiser was not warmed up
+    at, when it refuses new ones. ``on_step`` counts the steps of all the images.
     """
     steps = job.num_inference_steps or steps
     mode = batch or family.facts.batch
@@ -106,6 +111,8 @@ def generate(
             width=job.width,
             height=job.height,
         )
+        if compiled is not None:
+            compiled.admit(kwargs)
         if on_step is not None:
             kwargs["callback_on_step_end"] = progress.callback
         with torch.inference_mode():

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
-from common.settings import CommonSettings
+from common.settings import CommonSettings, split_list
+
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+_SIZE = re.compile(r"(\d+)(?:x(\d+))?")
 
 
 def _default_worker_id() -> str:
@@ -96,6 +101,57 @@ class WorkerSettings(CommonSettings):
             "queued reuse, from costs measured at start; images may differ in the last bits between modes)."
         ),
     )
+    compile: CompileMode = Field(
+        default="off",
+        description=(
+            "torch.compile the denoiser (UNet or transformer) once at start, warm it up at the served sizes, "
+            "and only then report ready: the `torch.compile` mode, or off. Swaps never recompile it. "
+            "reduce-overhead adds CUDA graphs (CUDA only). One base per worker. See docs/COMPILE.md."
+        ),
+    )
+    compile_scope: Literal["denoiser", "blocks"] = Field(
+        default="denoiser",
+        description=(
+            "What is compiled: the whole denoiser (fastest steps), or only its repeated transformer blocks "
+            "(diffusers' regional compilation: a fraction of the compile time, a smaller speed-up)."
+        ),
+    )
+    compile_sizes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Image sizes the compiled denoiser is warmed up at, `WIDTHxHEIGHT` or `N` for a square "
+            "(`1024,832x1216`). Empty: LORAFARM_DEFAULT_SIZE, else the pipeline's own default."
+        ),
+    )
+    compile_new_sizes: Literal["compile", "refuse"] = Field(
+        default="compile",
+        description=(
+            "A job at a size not warmed up: compile once more for it (one stall, counted in "
+            "lorafarm_denoiser_recompiles_total), or refuse it (422, no stall)."
+        ),
+    )
+    compile_unfused_rank: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "With compile on and LORAFARM_SWAP_MODE unfused or auto: the rank of the fixed-shape, zero-padded "
+            "unfused factors each targeted denoiser module gets (memory: rank x (in + out) per module)."
+        ),
+    )
+    compile_unfused_targets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Endings of the denoiser module names that get fixed-shape unfused factors (`.to_q,.to_k`). "
+            "Empty: the family's usual LoRA targets (worker/families.py)."
+        ),
+    )
+    compile_unfused_overflow: Literal["fused", "refuse"] = Field(
+        default="fused",
+        description=(
+            "An unfused adapter set over LORAFARM_COMPILE_UNFUSED_RANK, or on a module without factors: "
+            "applied fused instead, or refused (400). Never a recompile."
+        ),
+    )
     stock_swap: bool = Field(
         default=False,
         description="Reference behaviour (benchmarks): diffusers load+fuse, unfuse+unload on every change.",
@@ -127,3 +183,24 @@ class WorkerSettings(CommonSettings):
     def for_base(self, base: str) -> WorkerSettings:
         """These settings for one of the bases (what loading it and serving its pool read)."""
         return self.model_copy(update={"base": base})
+
+    @field_validator("compile_sizes", "compile_unfused_targets", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("compile_sizes")
+    @classmethod
+    def _sizes(cls, value: list[str]) -> list[str]:
+        sizes = []
+        for text in value:
+            match = _SIZE.fullmatch(text.strip().lower())
+            if match is None:
+                raise ValueError(f"a compile size is WIDTHxHEIGHT or N, not {text!r}")
+            width = int(match[1])
+            sizes.append(f"{width}x{int(match[2] or width)}")
+        return list(dict.fromkeys(sizes))
+
+    def served_sizes(self) -> list[tuple[int, int]]:
+        """``compile_sizes`` as (width, height); empty when none are set."""
+        return [(int(w), int(h)) for w, h in (size.split("x") for size in self.compile_sizes)]
