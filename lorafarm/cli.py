@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # SIGINT too, explicitly: started in the background (``&``, nohup) it is ignored by default.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         print("starting redis-server, devhub, router and workers ...", flush=True)
         farm.start()
