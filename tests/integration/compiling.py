@@ -130,3 +130,10 @@ def check_steps(
             assert np.array_equal(got, bases[prompt]), f"step {i}: the restored base is not the base"
         modes.append(used)
     return modes
+
+
+def changed_modes(steps: Sequence[Step], modes: Sequence[str]) -> list[int]:
+    """The steps the engine applied in another mode than asked (restores aside): an unfused set
+    over the compiled maximum rank goes fused."""
+    asked = [mode for _, mode, _ in steps]
+    return [i for i, (a, m) in enumerate(zip(asked, modes, strict=True)) if a != m and a != "restore"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from tests.integration.compiling import Base, Step, apply, check_steps, compiled, load, parse, png
+from tests.integration.compiling import Base, Step, apply, changed_modes, check_steps, compiled, load, parse, png
 from worker.adapter import ParsedAdapter
 from worker.compiled import compiled_graphs
 
@@ -93,8 +93,7 @@ def test_twenty_swaps_never_recompile_the_transformer_and_serve_what_eager_serve
         served.engine.restore()
         eager.engine.restore()
     assert compiled_graphs() == graphs and served.denoiser.recompiles == 0
-    asked = [mode for _, mode, _ in STEPS]
-    assert [i for i, (a, m) in enumerate(zip(asked, modes, strict=True)) if a != m and a != "restore"] == [17]
+    assert changed_modes(STEPS, modes) == [17]
 
 
 def test_negative_control_weights_frozen_into_the_graph_fail_the_equality_check(zoo_dir: Path) -> None:
