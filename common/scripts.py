@@ -176,11 +176,7 @@ if ok and #pending > 0 then return 0 end
 local n = redis.call('XDEL', stream, entry_id)
 if n == 1 then
   redis.call('SET', status, cancelled, 'EX', ttl)
-  if #KEYS > 2 then
-    local tk = tenant_keys(3)
-    redis.call('LREM', tk.parked, 1, entry_id)
-    release(tk, job_id, ARGV[6])
-  end
+  if #KEYS > 2 then unqueued(tenant_keys(3), entry_id, job_id, ARGV[6]) end
 end
 return n
 """
@@ -228,11 +224,7 @@ if ok and #pending > 0 then
   redis.call('SET', cancel, '1', 'EX', ttl)
 else
   redis.call('XDEL', stream, entry_id)
-  if #KEYS > 4 then
-    local tk = tenant_keys(5)
-    redis.call('LREM', tk.parked, 1, entry_id)
-    release(tk, job_id, ARGV[5])
-  end
+  if #KEYS > 4 then unqueued(tenant_keys(5), entry_id, job_id, ARGV[5]) end
 end
 redis.call('DEL', status, entry)
 return 1

@@ -112,4 +112,10 @@ local function release(tk, job_id, entry_prefix)
   redis.call('ZREM', tk.streamed, job_id)
   return fill(tk, entry_prefix)
 end
+
+-- A job of the key removed unclaimed (from a stream, or parked as ``entry_id``): it settles.
+local function unqueued(tk, entry_id, job_id, entry_prefix)
+  redis.call('LREM', tk.parked, 1, entry_id)
+  return release(tk, job_id, entry_prefix)
+end
 """
